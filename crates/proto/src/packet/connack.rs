@@ -24,7 +24,13 @@ impl<'a> ConnAck<'a> {
         version: ProtocolVersion,
     ) -> Result<Self, DecodeError> {
         let flags = r.u8()?;
-        if flags & 0xfe != 0 {
+        // 3.1 has no Session Present: the whole byte is reserved.
+        let reserved = if version == ProtocolVersion::V3_1 {
+            0xff
+        } else {
+            0xfe
+        };
+        if flags & reserved != 0 {
             return Err(DecodeError::ConnAckReservedFlags);
         }
         let raw = r.u8()?;

@@ -4,5 +4,6 @@
 // Test generators trade type neatness for one place per packet shape.
 #![allow(clippy::type_complexity, clippy::large_enum_variant)]
 
+mod fuzz_failures;
 mod roundtrip;
 mod tables;

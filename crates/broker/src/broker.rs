@@ -1,0 +1,206 @@
+//! The broker's shared state: the session registry, the subscription tree, the retained
+//! store, and routing a message to everyone it reaches.
+//!
+//! Lock order: `sessions` before any session's lock; `tree` and `retained` are taken alone
+//! and never held across another lock, so publishers on different cores only share the
+//! tree's read lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use crate::config::Limits;
+use crate::message::Message;
+use crate::session::{Outgoing, Session};
+use crate::tree::SubscriptionTree;
+
+/// Counters for `$SYS` and the admin API.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections open now.
+    pub clients_connected: AtomicUsize,
+    /// Most connections open at once.
+    pub clients_maximum: AtomicUsize,
+    /// PUBLISH packets received.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent.
+    pub messages_sent: AtomicU64,
+    /// Bytes received.
+    pub bytes_received: AtomicU64,
+    /// Bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Messages dropped because a subscriber's queue was full or they expired.
+    pub messages_dropped: AtomicU64,
+}
+
+/// The broker: everything connections share.
+pub struct Broker {
+    /// The limits in force.
+    pub limits: Limits,
+    /// Counters.
+    pub stats: Stats,
+    /// When the broker started.
+    pub started: Instant,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    tree: RwLock<SubscriptionTree>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    next_connection: AtomicU64,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// A broker with `limits`, started at `now`.
+    pub fn new(limits: Limits, now: Instant) -> Arc<Broker> {
+        Arc::new(Broker {
+            limits,
+            stats: Stats::default(),
+            started: now,
+            sessions: Mutex::new(HashMap::new()),
+            tree: RwLock::new(SubscriptionTree::default()),
+            retained: RwLock::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The session registry.
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn tree(&self) -> RwLockReadGuard<'_, SubscriptionTree> {
+        read(&self.tree)
+    }
+
+    pub(crate) fn tree_mut(&self) -> RwLockWriteGuard<'_, SubscriptionTree> {
+        write(&self.tree)
+    }
+
+    /// Sessions known, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Subscriptions in the tree.
+    pub fn subscription_count(&self) -> usize {
+        self.tree().len()
+    }
+
+    /// Retained messages held.
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+
+    /// Stores, replaces or (empty payload) clears the retained message of its topic
+    /// [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-7].
+    pub(crate) fn retain(&self, message: &Arc<Message>) {
+        let mut retained = write(&self.retained);
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// The retained messages a filter matches, not yet expired.
+    pub(crate) fn retained_matching(
+        &self,
+        filter: tern_proto::TopicFilter<'_>,
+        now: Instant,
+    ) -> Vec<Arc<Message>> {
+        read(&self.retained)
+            .values()
+            .filter(|m| !m.is_expired(now))
+            .filter(|m| tern_proto::TopicName::new(&m.topic).is_ok_and(|t| filter.matches(t)))
+            .cloned()
+            .collect()
+    }
+
+    /// Delivers `message` to every session whose subscriptions match its topic: one copy per
+    /// session at the highest QoS granted among its matching subscriptions, carrying all their
+    /// Subscription Identifiers. Returns how many sessions it reached.
+    pub fn route(&self, message: Arc<Message>) -> usize {
+        if message.retain && self.limits.retain_available {
+            self.retain(&message);
+        }
+        let matches = self.tree().matches(&message.topic);
+        // Merge overlapping subscriptions per session (section 3.3.4).
+        let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::new();
+        for sub in matches {
+            if sub.options.no_local && sub.session.client_id == message.publisher {
+                continue;
+            }
+            let qos = message.qos.min(sub.options.qos);
+            // [MQTT-3.3.1-12] without Retain As Published, forwarded messages have RETAIN 0.
+            let retain = sub.options.retain_as_published && message.retain;
+            match per_session
+                .iter_mut()
+                .find(|(s, _)| Arc::ptr_eq(s, &sub.session))
+            {
+                Some((_, out)) => {
+                    out.qos = out.qos.max(qos);
+                    out.retain |= retain;
+                    out.subscription_ids.extend(sub.id);
+                }
+                None => per_session.push((
+                    sub.session.clone(),
+                    Outgoing {
+                        message: message.clone(),
+                        qos,
+                        retain,
+                        subscription_ids: sub.id.into_iter().collect(),
+                    },
+                )),
+            }
+        }
+        let reached = per_session.len();
+        for (session, out) in per_session {
+            if !session.enqueue(out, self.limits.max_queued_messages) {
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        reached
+    }
+
+    /// Removes sessions that expired while disconnected; returns how many.
+    pub fn expire_sessions(&self, now: Instant) -> usize {
+        let expired: Vec<Arc<Session>> = {
+            let mut sessions = self.sessions();
+            let ids: Vec<Arc<str>> = sessions
+                .iter()
+                .filter(|(_, s)| s.lock().is_expired(now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        for session in &expired {
+            self.drop_subscriptions(session);
+        }
+        expired.len()
+    }
+
+    /// Takes every subscription of `session` out of the tree.
+    pub(crate) fn drop_subscriptions(&self, session: &Session) {
+        let filters: Vec<String> = session
+            .lock()
+            .subscriptions
+            .drain()
+            .map(|(f, _)| f)
+            .collect();
+        let mut tree = self.tree_mut();
+        for f in filters {
+            tree.remove(&f, &session.client_id);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! One client connection's protocol state: the packets it sends are handled here, and the
+//! packets it must receive are written here, into a buffer its transport sends.
+//!
+//! No sockets and no clock: the server crate reads bytes, decodes them, calls
+//! [`Connection::handle`] with the time, and writes what lands in the output buffer.
+//! Handlers for each packet type live in `handle/`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_proto::{
+    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, PublishBuf, ReasonCode,
+};
+use tracing::info;
+
+use crate::broker::Broker;
+use crate::handle;
+use crate::message::Message;
+use crate::session::Session;
+
+/// Why a connection must close, and whether to tell the client (MQTT 5 DISCONNECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The reason code.
+    pub reason: ReasonCode,
+}
+
+impl Close {
+    /// A close with `reason`.
+    pub fn new(reason: ReasonCode) -> Self {
+        Close { reason }
+    }
+}
+
+/// How a connection ended, for the will and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent DISCONNECT with this reason code.
+    Disconnected(ReasonCode),
+    /// The broker closed it for this reason (protocol error, keep alive, takeover...).
+    Closed(ReasonCode),
+    /// The network connection was lost.
+    Lost,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// A will whose Will Delay Interval has not run out: the transport publishes it with
+/// [`Broker::publish_delayed_will`] once `delay` has passed.
+#[derive(Debug)]
+pub struct DelayedWill {
+    /// The session it belongs to.
+    pub session: Arc<Session>,
+    /// The message.
+    pub message: PublishBuf,
+    /// How long to wait.
+    pub delay: Duration,
+}
+
+/// The state of a connection after a successful CONNECT.
+pub(crate) struct Attached {
+    pub(crate) session: Arc<Session>,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) client_id: Arc<str>,
+    pub(crate) keep_alive: u16,
+    /// The client's Receive Maximum: QoS 1/2 messages it accepts in flight.
+    pub(crate) client_receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    pub(crate) client_max_packet: u32,
+    /// Topic aliases the client set toward the broker.
+    pub(crate) aliases: HashMap<u16, Arc<str>>,
+    pub(crate) will: Option<(PublishBuf, u32)>,
+}
+
+/// One client connection.
+pub struct Connection {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    pub(crate) peer: String,
+    pub(crate) attached: Option<Attached>,
+}
+
+/// Appends `packet`, encoded in `version`, to `out`.
+pub(crate) fn send(out: &mut Vec<u8>, packet: &Packet<'_>, version: ProtocolVersion) {
+    // Packets the broker builds are within the codec's limits by construction; one that is
+    // not would be a broker bug, and is dropped rather than sent malformed.
+    let Ok(len) = packet.encoded_len(version) else {
+        tracing::error!(?packet, "could not encode a packet the broker built");
+        return;
+    };
+    let start = out.len();
+    out.resize(start + len, 0);
+    if packet.encode(version, &mut out[start..]).is_err() {
+        out.truncate(start);
+    }
+}
+
+impl Connection {
+    /// A connection from `peer` that has not sent CONNECT yet.
+    pub fn new(broker: Arc<Broker>, peer: String) -> Self {
+        let id = broker.next_connection_id();
+        Connection {
+            broker,
+            id,
+            peer,
+            attached: None,
+        }
+    }
+
+    /// The version to decode the next packet in (3.1.1 until CONNECT says otherwise; CONNECT
+    /// itself decodes in the version it announces).
+    pub fn version(&self) -> ProtocolVersion {
+        self.attached
+            .as_ref()
+            .map_or(ProtocolVersion::V3_1_1, |a| a.version)
+    }
+
+    /// The largest packet accepted from the client.
+    pub fn max_packet_size(&self) -> u32 {
+        self.broker.limits.max_packet_size
+    }
+
+    /// How long the client may stay silent: 1.5 times its keep alive [MQTT-3.1.2-24]; `None`
+    /// if it asked for none, or has not connected.
+    pub fn silence_limit(&self) -> Option<Duration> {
+        let a = self.attached.as_ref()?;
+        (a.keep_alive > 0).then(|| Duration::from_millis(u64::from(a.keep_alive) * 1500))
+    }
+
+    /// The session, once connected: its `wake` fires when there is something to send.
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        self.attached.as_ref().map(|a| &a.session)
+    }
+
+    /// The client identifier, once connected.
+    pub fn client_id(&self) -> Option<&str> {
+        self.attached.as_ref().map(|a| &*a.client_id)
+    }
+
+    /// Handles one packet from the client, appending any answer to `out`.
+    pub fn handle(
+        &mut self,
+        packet: Packet<'_>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
+        let Some(attached) = self.attached.as_mut() else {
+            // [MQTT-3.1.0-1] the first packet must be CONNECT.
+            return match packet {
+                Packet::Connect(c) => handle::connect::handle_connect(self, c, now, out),
+                _ => Err(Close::new(ReasonCode::PROTOCOL_ERROR)),
+            };
+        };
+        match packet {
+            Packet::Publish(p) => {
+                handle::publish::handle_publish(&self.broker, attached, p, now, out)
+            }
+            Packet::PubAck(a) => handle::ack::handle_puback(attached, a),
+            Packet::PubRec(a) => handle::ack::handle_pubrec(attached, a, out),
+            Packet::PubRel(a) => handle::ack::handle_pubrel(attached, a, out),
+            Packet::PubComp(a) => handle::ack::handle_pubcomp(attached, a),
+            Packet::Subscribe(s) => {
+                handle::subscribe::handle_subscribe(&self.broker, attached, s, now, out)
+            }
+            Packet::Unsubscribe(u) => {
+                handle::subscribe::handle_unsubscribe(&self.broker, attached, u, out)
+            }
+            Packet::PingReq => {
+                send(out, &Packet::PingResp, attached.version);
+                Ok(())
+            }
+            Packet::Disconnect(d) => handle::connect::handle_disconnect(attached, d),
+            // [MQTT-3.1.0-2] a second CONNECT; AUTH without an authentication method; and
+            // packets only a server sends.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(Close::new(ReasonCode::PROTOCOL_ERROR)),
+        }
+    }
+
+    /// Answers a packet that failed to decode: before CONNECT, a CONNECT the broker cannot
+    /// accept gets its CONNACK refusal [MQTT-3.1.2-2]; after, an MQTT 5 client gets DISCONNECT
+    /// with the reason [MQTT-4.13.1-1]. Returns why the connection closes.
+    pub fn reject(&mut self, err: DecodeError, out: &mut Vec<u8>) -> Close {
+        let reason = err.reason_code();
+        match &self.attached {
+            None => {
+                if let DecodeError::UnsupportedProtocolVersion(level) = err {
+                    // Answer in the version the client can read: 3.1.1's CONNACK for anything
+                    // older than MQTT 5, MQTT 5's for newer.
+                    let version = if level > 5 {
+                        ProtocolVersion::V5
+                    } else {
+                        ProtocolVersion::V3_1_1
+                    };
+                    let connack = ConnAck {
+                        session_present: false,
+                        code: reason,
+                        properties: Properties::default(),
+                    };
+                    send(out, &Packet::ConnAck(connack), version);
+                }
+            }
+            Some(a) => self.send_disconnect(a.version, reason, out),
+        }
+        Close::new(reason)
+    }
+
+    /// Tells an MQTT 5 client why the broker is closing the connection.
+    pub fn close(&mut self, close: Close, out: &mut Vec<u8>) {
+        if let Some(a) = &self.attached {
+            self.send_disconnect(a.version, close.reason, out);
+        }
+    }
+
+    fn send_disconnect(&self, version: ProtocolVersion, reason: ReasonCode, out: &mut Vec<u8>) {
+        if version.is_v5() {
+            send(out, &Packet::Disconnect(Disconnect::new(reason)), version);
+        }
+    }
+
+    /// Writes queued messages the client may receive now into `out`, and notices a takeover.
+    pub fn flush(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<(), Close> {
+        match self.attached.as_mut() {
+            Some(a) => handle::deliver::flush(&self.broker, self.id, a, now, out),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the connection: detaches the session (removing it if it expires at once) and
+    /// publishes the will if the end calls for it. A will with a delay is handed back.
+    pub fn end(&mut self, how: End, now: Instant) -> Option<DelayedWill> {
+        let a = self.attached.take()?;
+        self.broker
+            .stats
+            .clients_connected
+            .fetch_sub(1, Ordering::Relaxed);
+        info!(client_id = %a.client_id, peer = %self.peer, end = ?how, "client disconnected");
+        let expiry = {
+            let mut state = a.session.lock();
+            if state.owner != Some(self.id) {
+                // Another connection took the session over; it is theirs now.
+                None
+            } else {
+                state.owner = None;
+                state.disconnected_at = Some(now);
+                Some(state.expiry_interval)
+            }
+        };
+        if expiry == Some(0) {
+            let mut sessions = self.broker.sessions();
+            if sessions
+                .get(&a.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &a.session))
+            {
+                sessions.remove(&a.client_id);
+                drop(sessions);
+                self.broker.drop_subscriptions(&a.session);
+            }
+        }
+        // [MQTT-3.1.2-8] the will is published unless the client disconnected normally;
+        // [MQTT-3.14.4-3] DISCONNECT 0x04 asks for it anyway. A broker shutdown is not the
+        // client's failure.
+        let publish_will = match how {
+            End::Disconnected(reason) => reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            End::Closed(_) | End::Lost => true,
+            End::Shutdown => false,
+        };
+        let (message, delay) = a.will.filter(|_| publish_will)?;
+        // [MQTT-3.1.3-9] the will waits for the shorter of its delay and the session's expiry.
+        let delay = delay.min(expiry.unwrap_or(0));
+        if delay == 0 {
+            self.broker.publish_will(&message, now);
+            None
+        } else {
+            Some(DelayedWill {
+                session: a.session,
+                message,
+                delay: Duration::from_secs(u64::from(delay)),
+            })
+        }
+    }
+}
+
+impl Broker {
+    /// Publishes a will message now.
+    pub fn publish_will(&self, will: &PublishBuf, now: Instant) {
+        let p = will.as_publish();
+        let message = Message {
+            topic: Arc::from(will.topic.as_str()),
+            payload: will.payload.clone(),
+            qos: p.qos.min(self.limits.maximum_qos),
+            retain: p.retain,
+            expires_at: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+            properties: will.properties.clone(),
+            publisher: Arc::from(""),
+        };
+        self.route(Arc::new(message));
+    }
+
+    /// Publishes a delayed will if its session has not been resumed by a new connection
+    /// since [MQTT-3.1.3-9].
+    pub fn publish_delayed_will(&self, will: DelayedWill, now: Instant) {
+        if will.session.lock().owner.is_none() {
+            self.publish_will(&will.message, now);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Sending queued messages to a client: QoS 0 at once, QoS 1/2 within its inflight window.
+//!
+//! Messages are chosen under the session lock and encoded after it is released, so a
+//! publisher routing into this session waits only for the queue operations.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tern_proto::{
+    Ack, Packet, PacketId, Properties, PropertyContext, Publish, QoS, SubscriptionIds, TopicName,
+};
+
+use crate::broker::Broker;
+use crate::connection::{send, Attached, Close};
+use crate::session::{Inflight, Outgoing};
+
+pub(crate) fn flush(
+    broker: &Broker,
+    conn_id: u64,
+    a: &mut Attached,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), Close> {
+    let window = usize::from(a.client_receive_maximum.min(broker.limits.max_inflight)).max(1);
+    let mut batch: Vec<(Outgoing, Option<PacketId>)> = Vec::new();
+    let mut expired = 0u64;
+    {
+        let mut state = a.session.lock();
+        if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
+            return Err(Close::new(reason));
+        }
+        while let Some(next) = state.queue.pop_front() {
+            if next.message.is_expired(now) {
+                expired += 1;
+                continue;
+            }
+            if next.qos == QoS::AtMostOnce {
+                batch.push((next, None));
+                continue;
+            }
+            if state.inflight.len() >= window {
+                state.queue.push_front(next);
+                break;
+            }
+            let Some(id) = state.allocate_packet_id().and_then(PacketId::new) else {
+                state.queue.push_front(next);
+                break;
+            };
+            state
+                .inflight
+                .insert(id.get(), Inflight::Publish(next.clone()));
+            batch.push((next, Some(id)));
+        }
+    }
+    broker
+        .stats
+        .messages_dropped
+        .fetch_add(expired, Ordering::Relaxed);
+    for (outgoing, id) in &batch {
+        write_publish(broker, a, outgoing, *id, false, now, out);
+    }
+    Ok(())
+}
+
+/// After a session is resumed, re-sends every unacknowledged PUBLISH with DUP set and every
+/// PUBREL, in their original order [MQTT-4.4.0-1].
+pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>) {
+    let inflight: Vec<(u16, Inflight)> = a
+        .session
+        .lock()
+        .inflight
+        .iter()
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    for (id, entry) in inflight {
+        let Some(pid) = PacketId::new(id) else {
+            continue;
+        };
+        match entry {
+            Inflight::Publish(outgoing) => {
+                // Resent even if expired: the client may already hold it (section 4.4).
+                let _ = now;
+                write_publish_raw(a, &outgoing, Some(pid), true, None, out);
+            }
+            Inflight::Release => send(out, &Packet::PubRel(Ack::new(pid)), a.version),
+        }
+    }
+}
+
+fn write_publish(
+    broker: &Broker,
+    a: &Attached,
+    o: &Outgoing,
+    id: Option<PacketId>,
+    dup: bool,
+    now: Instant,
+    out: &mut Vec<u8>,
+) {
+    let written = write_publish_raw(a, o, id, dup, o.message.remaining_expiry(now), out);
+    if written {
+        broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    } else {
+        broker
+            .stats
+            .messages_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(id) = id {
+            a.session.lock().inflight.remove(&id.get());
+        }
+    }
+}
+
+/// Encodes one PUBLISH for this client. A packet larger than the client's Maximum Packet Size
+/// is not sent [MQTT-3.1.2-25]; returns whether it was written.
+fn write_publish_raw(
+    a: &Attached,
+    o: &Outgoing,
+    id: Option<PacketId>,
+    dup: bool,
+    expiry: Option<u32>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let m = &o.message;
+    let Ok(topic) = TopicName::new(&m.topic) else {
+        return false;
+    };
+    let properties = Properties {
+        message_expiry_interval: expiry,
+        subscription_identifiers: SubscriptionIds::List(&o.subscription_ids),
+        ..m.properties.get(PropertyContext::Publish)
+    };
+    let publish = Publish {
+        dup,
+        qos: o.qos,
+        retain: o.retain,
+        topic,
+        packet_id: id,
+        properties,
+        payload: &m.payload,
+    };
+    let packet = Packet::Publish(publish);
+    match packet.encoded_len(a.version) {
+        Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
+            send(out, &packet, a.version);
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,126 @@
+//! PUBLISH from a client: check it, acknowledge it, route it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_proto::{
+    Ack, Packet, Properties, PropertiesBuf, Publish, QoS, ReasonCode, SubscriptionIds,
+};
+
+use crate::broker::Broker;
+use crate::connection::{send, Attached, Close};
+use crate::message::Message;
+
+pub(crate) fn handle_publish(
+    broker: &Broker,
+    a: &mut Attached,
+    p: Publish<'_>,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), Close> {
+    broker
+        .stats
+        .messages_received
+        .fetch_add(1, Ordering::Relaxed);
+    check_allowed(broker, &p)?;
+    let topic = resolve_topic(broker, a, &p)?;
+    let packet_id = p.packet_id;
+
+    if p.qos == QoS::ExactlyOnce {
+        let Some(id) = packet_id else {
+            return Err(Close::new(ReasonCode::PROTOCOL_ERROR));
+        };
+        let mut state = a.session.lock();
+        if state.incoming_qos2.contains(&id.get()) {
+            // [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is acknowledged, not delivered again.
+            drop(state);
+            send(out, &Packet::PubRec(Ack::new(id)), a.version);
+            return Ok(());
+        }
+        // [MQTT-3.3.4-9] more unreleased QoS 2 messages than the broker's Receive Maximum.
+        if state.incoming_qos2.len() >= usize::from(broker.limits.receive_maximum) {
+            return Err(Close::new(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+        }
+        state.incoming_qos2.insert(id.get());
+    }
+
+    // A client may not publish into the broker's own `$` topics (section 4.7.2); the message
+    // is acknowledged and dropped.
+    let reached = if topic.starts_with('$') {
+        0
+    } else {
+        let message = Message {
+            topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos,
+            retain: p.retain,
+            properties: forwarded_properties(&p.properties),
+            publisher: a.client_id.clone(),
+            expires_at: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s))),
+        };
+        broker.route(Arc::new(message))
+    };
+
+    if let Some(id) = packet_id {
+        let mut ack = Ack::new(id);
+        if reached == 0 {
+            ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+        }
+        let packet = match p.qos {
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            _ => Packet::PubRec(ack),
+        };
+        send(out, &packet, a.version);
+    }
+    Ok(())
+}
+
+/// What the broker's limits forbid: a QoS above Maximum QoS [MQTT-3.2.2-11], RETAIN when
+/// retained messages are off [MQTT-3.2.2-14].
+fn check_allowed(broker: &Broker, p: &Publish<'_>) -> Result<(), Close> {
+    if p.qos > broker.limits.maximum_qos {
+        return Err(Close::new(ReasonCode::QOS_NOT_SUPPORTED));
+    }
+    if p.retain && !broker.limits.retain_available {
+        return Err(Close::new(ReasonCode::RETAIN_NOT_SUPPORTED));
+    }
+    Ok(())
+}
+
+/// The topic a PUBLISH goes to, setting or using a Topic Alias (section 3.3.2.3.4).
+fn resolve_topic(broker: &Broker, a: &mut Attached, p: &Publish<'_>) -> Result<Arc<str>, Close> {
+    let Some(alias) = p.properties.topic_alias else {
+        return Ok(Arc::from(p.topic.as_str()));
+    };
+    // [MQTT-3.3.2-9] an alias above the broker's Topic Alias Maximum.
+    if alias > broker.limits.topic_alias_maximum {
+        return Err(Close::new(ReasonCode::TOPIC_ALIAS_INVALID));
+    }
+    if p.topic.is_empty() {
+        // [MQTT-3.3.2-8]... an alias never set on this connection is a Protocol Error.
+        return a
+            .aliases
+            .get(&alias)
+            .cloned()
+            .ok_or(Close::new(ReasonCode::PROTOCOL_ERROR));
+    }
+    let topic: Arc<str> = Arc::from(p.topic.as_str());
+    a.aliases.insert(alias, topic.clone());
+    Ok(topic)
+}
+
+/// The properties a subscriber receives: all but Topic Alias (per connection) and Subscription
+/// Identifiers (per subscriber) [MQTT-3.3.4-3]; Message Expiry is rewritten at delivery.
+fn forwarded_properties(p: &Properties<'_>) -> PropertiesBuf {
+    let kept = Properties {
+        topic_alias: None,
+        subscription_identifiers: SubscriptionIds::default(),
+        message_expiry_interval: None,
+        ..*p
+    };
+    PropertiesBuf::new(&kept).unwrap_or_default()
+}

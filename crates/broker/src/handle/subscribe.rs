@@ -1,0 +1,135 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the session's filters, and retained messages on subscribe.
+
+use std::time::Instant;
+
+use tern_proto::{
+    List, Packet, Properties, ReasonCode, RetainHandling, SubAck, Subscribe, Subscription,
+    UnsubAck, Unsubscribe,
+};
+
+use crate::broker::Broker;
+use crate::connection::{send, Attached, Close};
+use crate::session::Outgoing;
+use crate::tree::Subscriber;
+
+pub(crate) fn handle_subscribe(
+    broker: &Broker,
+    a: &mut Attached,
+    s: Subscribe<'_>,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), Close> {
+    let id = s.properties.subscription_identifiers.first();
+    // [MQTT-3.8.2-?] Subscription Identifiers offered as unavailable may not be used.
+    if id.is_some() && !broker.limits.subscription_identifiers {
+        return Err(Close::new(
+            ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+        ));
+    }
+    let mut codes = Vec::new();
+    let mut retained = Vec::new();
+    for sub in s.subscriptions.iter() {
+        let code = subscribe_one(broker, a, sub, id, now, &mut retained);
+        codes.push(code);
+    }
+    // [MQTT-3.8.4-1] SUBACK first, then the retained messages it unlocked.
+    let suback = SubAck {
+        packet_id: s.packet_id,
+        properties: Properties::default(),
+        codes: List::Items(&codes),
+    };
+    send(out, &Packet::SubAck(suback), a.version);
+    for out in retained {
+        a.session.enqueue(out, usize::MAX);
+    }
+    Ok(())
+}
+
+/// Adds one subscription; returns the granted QoS as a reason code, or why it was refused.
+fn subscribe_one(
+    broker: &Broker,
+    a: &Attached,
+    sub: Subscription<'_>,
+    id: Option<u32>,
+    now: Instant,
+    retained: &mut Vec<Outgoing>,
+) -> ReasonCode {
+    let limits = &broker.limits;
+    let shared = sub.filter.shared().is_some();
+    if shared && !limits.shared_subscriptions {
+        return ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
+    }
+    if sub.filter.has_wildcards() && !limits.wildcard_subscriptions {
+        return ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
+    }
+    let mut options = sub.options;
+    // [MQTT-3.9.3-?] the broker may grant less than asked, never more than its Maximum QoS.
+    options.qos = options.qos.min(limits.maximum_qos);
+    let subscriber = Subscriber {
+        session: a.session.clone(),
+        options,
+        id,
+    };
+    let is_new = broker.tree_mut().insert(sub.filter, subscriber);
+    a.session
+        .lock()
+        .subscriptions
+        .insert(sub.filter.as_str().to_owned(), (options, id));
+
+    // Retained messages (section 3.3.1.3): not for shared subscriptions [MQTT-3.8.4-?], and as
+    // Retain Handling says [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
+    let send_retained = !shared
+        && match options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendIfNew => is_new,
+            RetainHandling::DoNotSend => false,
+        };
+    if send_retained {
+        for message in broker.retained_matching(sub.filter, now) {
+            let qos = message.qos.min(options.qos);
+            // Retained messages sent on subscribe keep RETAIN set [MQTT-3.3.1-9].
+            retained.push(Outgoing {
+                message,
+                qos,
+                retain: true,
+                subscription_ids: id.into_iter().collect(),
+            });
+        }
+    }
+    match options.qos as u8 {
+        0 => ReasonCode::GRANTED_QOS_0,
+        1 => ReasonCode::GRANTED_QOS_1,
+        _ => ReasonCode::GRANTED_QOS_2,
+    }
+}
+
+pub(crate) fn handle_unsubscribe(
+    broker: &Broker,
+    a: &mut Attached,
+    u: Unsubscribe<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Close> {
+    let mut codes = Vec::new();
+    for filter in u.filters.iter() {
+        let had = a
+            .session
+            .lock()
+            .subscriptions
+            .remove(filter.as_str())
+            .is_some();
+        broker.tree_mut().remove(filter.as_str(), &a.client_id);
+        codes.push(if had {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::NO_SUBSCRIPTION_EXISTED
+        });
+    }
+    // [MQTT-3.10.4-4] UNSUBACK even when nothing was subscribed.
+    let unsuback = UnsubAck {
+        packet_id: u.packet_id,
+        properties: Properties::default(),
+        codes: List::Items(&codes),
+    };
+    send(out, &Packet::UnsubAck(unsuback), a.version);
+    Ok(())
+}

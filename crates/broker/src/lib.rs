@@ -1,0 +1,22 @@
+//! The broker's protocol logic: sessions, subscriptions, retained messages and delivery, for
+//! MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! Owns what a broker decides: who receives a message, at which QoS, when a session ends,
+//! when a will is published. Leaves sockets, TLS, timers and files to `tern-server`: a
+//! [`Connection`] is handed decoded packets and the time, and writes its answers into a
+//! buffer; a [`Session`]'s `wake` tells the transport there is something to send.
+
+mod broker;
+mod config;
+mod connection;
+mod handle;
+mod message;
+mod session;
+mod tree;
+
+pub use broker::{Broker, Stats};
+pub use config::Limits;
+pub use connection::{Close, Connection, DelayedWill, End};
+pub use message::Message;
+pub use session::{Inflight, Outgoing, Session, SessionState};
+pub use tree::{Subscriber, SubscriptionTree};

@@ -1,0 +1,158 @@
+//! A session: what the broker remembers of a client between packets and, for persistent
+//! sessions, between connections (section 4.1).
+//!
+//! Owns the client's subscriptions, the queue of messages not yet sent, the QoS 1/2 messages
+//! sent and not yet acknowledged, and the QoS 2 packet ids received and not yet released.
+//! A session's state has one lock; nothing else is locked while it is held, except when
+//! the broker's session registry hands it over at CONNECT (registry, then session).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tern_proto::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use crate::message::Message;
+
+/// A message waiting to be sent to one subscriber, at the QoS that subscriber gets.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The RETAIN flag this copy carries.
+    pub retain: bool,
+    /// The Subscription Identifiers of every subscription it matched (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A QoS 1 or 2 message sent and not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub enum Inflight {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish(Outgoing),
+    /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    Release,
+}
+
+/// Everything a session holds, behind the session's lock.
+#[derive(Debug)]
+pub struct SessionState {
+    /// The connection attached now, if any.
+    pub owner: Option<u64>,
+    /// Set when another connection took the session over, or an administrator closed it: the
+    /// owner closes with this reason.
+    pub kick: Option<ReasonCode>,
+    /// The protocol version of the last connection.
+    pub version: ProtocolVersion,
+    /// Filter -> (options, Subscription Identifier).
+    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    /// Messages not yet sent, oldest first.
+    pub queue: VecDeque<Outgoing>,
+    /// Messages sent and not yet acknowledged, by packet id.
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// QoS 2 packet ids received from the client whose PUBREL has not arrived.
+    pub incoming_qos2: HashSet<u16>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    /// When the last connection ended, for expiry.
+    pub disconnected_at: Option<Instant>,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+    next_packet_id: u16,
+}
+
+impl SessionState {
+    /// A fresh, empty session state.
+    pub fn new(version: ProtocolVersion) -> Self {
+        SessionState {
+            owner: None,
+            kick: None,
+            version,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            expiry_interval: 0,
+            disconnected_at: None,
+            dropped: 0,
+            next_packet_id: 1,
+        }
+    }
+
+    /// The next packet id not in flight, if any is free.
+    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Whether the session has expired at `now` while no connection held it.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        match (self.owner, self.disconnected_at) {
+            (None, Some(at)) if self.expiry_interval != u32::MAX => {
+                now.saturating_duration_since(at).as_secs() >= u64::from(self.expiry_interval)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A session, shared by the registry, the subscription tree and its connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The Client Identifier.
+    pub client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Woken when the queue gains a message or the session is kicked.
+    pub wake: Notify,
+}
+
+impl Session {
+    /// A new session for `client_id`.
+    pub fn new(client_id: Arc<str>, version: ProtocolVersion) -> Self {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState::new(version)),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Locks the session's state. A panic while holding the lock leaves plain data behind,
+    /// so a poisoned lock is used as it is.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a connection holds the session now.
+    pub fn is_connected(&self) -> bool {
+        self.lock().owner.is_some()
+    }
+
+    /// Queues `out` for the client, within `max_queued` messages. When the queue is full the
+    /// new message is dropped and counted: a slow consumer never holds up the publisher or
+    /// the other subscribers. Returns whether it was queued.
+    pub fn enqueue(&self, out: Outgoing, max_queued: usize) -> bool {
+        let mut state = self.lock();
+        if state.queue.len() >= max_queued {
+            state.dropped += 1;
+            return false;
+        }
+        state.queue.push_back(out);
+        let connected = state.owner.is_some();
+        drop(state);
+        if connected {
+            self.wake.notify_one();
+        }
+        true
+    }
+}

@@ -1,0 +1,92 @@
+//! `$SYS/broker/...`: the broker's own figures, published as retained messages with the names
+//! Mosquitto uses, so existing dashboards work.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_broker::{Broker, Message};
+use tern_proto::{PropertiesBuf, QoS};
+use tokio::sync::watch;
+
+use crate::now;
+
+pub(crate) async fn publish_loop(
+    broker: Arc<Broker>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => publish_all(&broker),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Publishes every `$SYS` figure once.
+pub(crate) fn publish_all(broker: &Broker) {
+    let s = &broker.stats;
+    let connected = s.clients_connected.load(Ordering::Relaxed);
+    let total = broker.session_count();
+    let figures: [(&str, String); 13] = [
+        ("version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "uptime",
+            format!(
+                "{} seconds",
+                now().saturating_duration_since(broker.started).as_secs()
+            ),
+        ),
+        ("clients/connected", connected.to_string()),
+        (
+            "clients/disconnected",
+            total.saturating_sub(connected).to_string(),
+        ),
+        ("clients/total", total.to_string()),
+        (
+            "clients/maximum",
+            s.clients_maximum.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "messages/received",
+            s.messages_received.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "messages/sent",
+            s.messages_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "messages/dropped",
+            s.messages_dropped.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "bytes/received",
+            s.bytes_received.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "bytes/sent",
+            s.bytes_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "subscriptions/count",
+            broker.subscription_count().to_string(),
+        ),
+        (
+            "retained messages/count",
+            broker.retained_count().to_string(),
+        ),
+    ];
+    for (name, value) in figures {
+        broker.route(Arc::new(Message {
+            topic: Arc::from(format!("$SYS/broker/{name}")),
+            payload: value.into_bytes(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PropertiesBuf::default(),
+            publisher: Arc::from("$SYS"),
+            expires_at: None,
+        }));
+    }
+}
