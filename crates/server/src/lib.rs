@@ -66,6 +66,11 @@ impl Server {
         })
     }
 
+    /// Publishes the `$SYS` figures now, as the periodic task does.
+    pub fn publish_sys(&self) {
+        sys::publish_all(&self.broker);
+    }
+
     /// The bound addresses, in the order of the configuration's listeners.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs

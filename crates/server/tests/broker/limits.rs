@@ -1,0 +1,75 @@
+//! Limits: packet size, receive maximum, bounded queues.
+
+use std::time::Duration;
+
+use tern_proto::{Packet, ProtocolVersion::*, QoS};
+
+use crate::client::{publish, TestBroker};
+
+#[tokio::test]
+async fn packet_over_the_maximum_is_refused() {
+    // [MQTT-3.2.2-15] a packet larger than the broker's Maximum Packet Size: DISCONNECT 0x95.
+    let broker = TestBroker::with_config("[limits]\nmax_packet_size = 64\n").await;
+    let mut c = broker.connect(V5, "big").await;
+    c.send(&Packet::Publish(publish(
+        "t",
+        &[0; 100],
+        QoS::AtMostOnce,
+        0,
+    )))
+    .await;
+    assert_eq!(c.expect_closed().await, vec![vec![0xe0, 1, 0x95]]);
+}
+
+#[tokio::test]
+async fn exceeding_receive_maximum_is_disconnected() {
+    // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than the broker's Receive Maximum: 0x93.
+    let broker = TestBroker::with_config("[limits]\nreceive_maximum = 2\n").await;
+    let mut c = broker.connect(V5, "greedy").await;
+    for id in 1..=3 {
+        c.send(&Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, id)))
+            .await;
+    }
+    let seen = c.expect_closed().await;
+    assert_eq!(seen.last().unwrap(), &vec![0xe0, 1, 0x93]);
+}
+
+#[tokio::test]
+async fn qos_above_maximum_is_refused() {
+    // [MQTT-3.2.2-11] a PUBLISH above the advertised Maximum QoS: 0x9B.
+    let broker = TestBroker::with_config("[limits]\nmaximum_qos = 1\n").await;
+    let mut c = broker.connect(V5, "q").await;
+    c.send(&Packet::Publish(publish("t", b"x", QoS::ExactlyOnce, 1)))
+        .await;
+    assert_eq!(c.expect_closed().await, vec![vec![0xe0, 1, 0x9b]]);
+}
+
+#[tokio::test]
+async fn slow_subscriber_queue_is_bounded_and_others_are_served() {
+    // A subscriber that never reads keeps at most max_queued_messages; the rest are dropped and
+    // counted, and a reading subscriber gets everything.
+    let broker =
+        TestBroker::with_config("[limits]\nmax_queued_messages = 10\nmax_inflight = 5\n").await;
+    let mut stuck = broker.connect(V3_1_1, "stuck").await;
+    stuck.subscribe("flood", QoS::AtLeastOnce, 1).await;
+    let mut fine = broker.connect(V3_1_1, "fine").await;
+    fine.subscribe("flood", QoS::AtMostOnce, 1).await;
+    let mut p = broker.connect(V3_1_1, "p").await;
+    for i in 0..50u16 {
+        p.publish("flood", &i.to_be_bytes(), QoS::AtLeastOnce, i + 1)
+            .await;
+        assert_eq!(fine.expect_publish().await.payload, i.to_be_bytes());
+    }
+    // 5 in flight to `stuck`, 10 queued, 35 dropped.
+    let dropped = broker
+        .server
+        .broker
+        .stats
+        .messages_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 35);
+    for _ in 0..5 {
+        stuck.expect_publish().await;
+    }
+    stuck.expect_silence(Duration::from_millis(100)).await;
+}
