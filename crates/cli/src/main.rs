@@ -79,9 +79,12 @@ fn broker(args: BrokerArgs) -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal; logs piped to a file or a test stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,8 @@ use tern_proto::{
     UnsubAck, Unsubscribe,
 };
 
+use tracing::debug;
+
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::session::Outgoing;
@@ -71,6 +73,7 @@ fn subscribe_one(
         id,
     };
     let is_new = broker.tree_mut().insert(sub.filter, subscriber);
+    debug!(client_id = %a.client_id, filter = %sub.filter, qos = options.qos as u8, "subscribed");
     a.session
         .lock()
         .subscriptions
