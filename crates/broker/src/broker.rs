@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use crate::access::{AccessControl, AllowAll};
 use crate::config::Limits;
 use crate::message::Message;
-use crate::session::{Outgoing, Session};
+use crate::session::{Inflight, Outgoing, Session};
 use crate::tree::SubscriptionTree;
+use tern_proto::QoS;
 
 /// Counters for `$SYS` and the admin API.
 #[derive(Debug, Default)]
@@ -42,6 +44,8 @@ pub struct Broker {
     pub stats: Stats,
     /// When the broker started.
     pub started: Instant,
+    /// Who may connect, publish and subscribe.
+    pub access: Box<dyn AccessControl>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     tree: RwLock<SubscriptionTree>,
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
@@ -57,9 +61,19 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Broker {
-    /// A broker with `limits`, started at `now`.
+    /// A broker with `limits` that lets everyone in, started at `now`.
     pub fn new(limits: Limits, now: Instant) -> Arc<Broker> {
+        Broker::with_access(limits, Box::new(AllowAll), now)
+    }
+
+    /// A broker whose access decisions `access` makes.
+    pub fn with_access(
+        limits: Limits,
+        access: Box<dyn AccessControl>,
+        now: Instant,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
+            access,
             limits,
             stats: Stats::default(),
             started: now,
@@ -160,6 +174,7 @@ impl Broker {
                         qos,
                         retain,
                         subscription_ids: sub.id.into_iter().collect(),
+                        via_share: sub.share.clone(),
                     },
                 )),
             }
@@ -171,6 +186,57 @@ impl Broker {
             }
         }
         reached
+    }
+
+    /// Moves the QoS 1/2 messages `session` got through shared subscriptions and has not
+    /// acknowledged to another connected member of the same group (section 4.8.2). Messages
+    /// whose group has no other member online stay where they are.
+    pub(crate) fn hand_over_shared(&self, session: &Session) {
+        let candidates: Vec<(Option<u16>, Outgoing)> = {
+            let state = session.lock();
+            let inflight = state.inflight.iter().filter_map(|(id, entry)| match entry {
+                Inflight::Publish(o) if o.via_share.is_some() => Some((Some(*id), o.clone())),
+                _ => None,
+            });
+            let queued = state
+                .queue
+                .iter()
+                .filter(|o| o.via_share.is_some() && o.qos != QoS::AtMostOnce)
+                .map(|o| (None, o.clone()));
+            inflight.chain(queued).collect()
+        };
+        for (id, mut out) in candidates {
+            let Some(filter) = out.via_share.clone() else {
+                continue;
+            };
+            let Some(other) = self.tree().shared_member(&filter, &session.client_id) else {
+                continue;
+            };
+            let removed = {
+                let mut state = session.lock();
+                match id {
+                    Some(id) => {
+                        let same = matches!(state.inflight.get(&id), Some(Inflight::Publish(o)) if Arc::ptr_eq(&o.message, &out.message));
+                        same && state.inflight.remove(&id).is_some()
+                    }
+                    None => match state
+                        .queue
+                        .iter()
+                        .position(|o| Arc::ptr_eq(&o.message, &out.message))
+                    {
+                        Some(pos) => state.queue.remove(pos).is_some(),
+                        None => false,
+                    },
+                }
+            };
+            if removed {
+                out.qos = out.qos.min(other.options.qos);
+                out.subscription_ids = other.id.into_iter().collect();
+                if !other.session.enqueue(out, self.limits.max_queued_messages) {
+                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Removes sessions that expired while disconnected; returns how many.

@@ -64,6 +64,8 @@ pub(crate) struct Attached {
     pub(crate) session: Arc<Session>,
     pub(crate) version: ProtocolVersion,
     pub(crate) client_id: Arc<str>,
+    /// The User Name the client authenticated with.
+    pub(crate) username: Option<Arc<str>>,
     pub(crate) keep_alive: u16,
     /// The client's Receive Maximum: QoS 1/2 messages it accepts in flight.
     pub(crate) client_receive_maximum: u16,
@@ -71,6 +73,10 @@ pub(crate) struct Attached {
     pub(crate) client_max_packet: u32,
     /// Topic aliases the client set toward the broker.
     pub(crate) aliases: HashMap<u16, Arc<str>>,
+    /// The client's Topic Alias Maximum: aliases the broker may set toward it.
+    pub(crate) client_alias_maximum: u16,
+    /// Topic aliases the broker set toward the client.
+    pub(crate) aliases_out: HashMap<Arc<str>, u16>,
     pub(crate) will: Option<(PublishBuf, u32)>,
 }
 
@@ -252,6 +258,9 @@ impl Connection {
                 Some(state.expiry_interval)
             }
         };
+        if how != End::Shutdown {
+            self.broker.hand_over_shared(&a.session);
+        }
         if expiry == Some(0) {
             let mut sessions = self.broker.sessions();
             if sessions

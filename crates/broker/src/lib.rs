@@ -6,6 +6,7 @@
 //! [`Connection`] is handed decoded packets and the time, and writes its answers into a
 //! buffer; a [`Session`]'s `wake` tells the transport there is something to send.
 
+mod access;
 mod broker;
 mod config;
 mod connection;
@@ -14,6 +15,7 @@ mod message;
 mod session;
 mod tree;
 
+pub use access::{AccessControl, AllowAll, Credentials};
 pub use broker::{Broker, Stats};
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End};

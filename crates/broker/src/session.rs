@@ -26,6 +26,9 @@ pub struct Outgoing {
     pub retain: bool,
     /// The Subscription Identifiers of every subscription it matched (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/...`) it came through, if any: if this session
+    /// leaves before acknowledging it, another member gets it.
+    pub via_share: Option<Arc<str>>,
 }
 
 /// A QoS 1 or 2 message sent and not yet fully acknowledged.

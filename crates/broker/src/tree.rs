@@ -22,6 +22,8 @@ pub struct Subscriber {
     pub options: SubscriptionOptions,
     /// Its Subscription Identifier (MQTT 5).
     pub id: Option<u32>,
+    /// For a member of a shared subscription, the whole `$share/...` filter.
+    pub share: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,23 @@ impl SubscriptionTree {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Another connected member of the shared subscription `filter` than `except`, in turn.
+    pub fn shared_member(&self, filter: &str, except: &str) -> Option<Subscriber> {
+        let filter = TopicFilter::new(filter).ok()?;
+        let (group, inner) = filter.shared()?;
+        let mut node = &self.root;
+        for level in inner.as_str().split('/') {
+            node = node.children.get(level)?;
+        }
+        let group = node.groups.get(group)?;
+        let n = group.members.len();
+        let start = group.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &group.members[(start + i) % n])
+            .find(|m| &*m.session.client_id != except && m.session.is_connected())
+            .cloned()
     }
 
     /// The subscribers `topic` reaches: every plain match, and one member of each matching

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tern_broker::Limits;
 use tern_proto::QoS;
 
 /// The whole configuration. Every field has a default, so no file is needed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Log verbosity: error, warn, info, debug or trace.
@@ -26,7 +26,7 @@ pub struct Config {
 }
 
 /// One MQTT-over-TCP listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port to bind, e.g. `127.0.0.1:1883`.
@@ -34,7 +34,7 @@ pub struct ListenerConfig {
 }
 
 /// `[limits]`: see [`Limits`] for what each means.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
 pub struct LimitsConfig {
@@ -54,7 +54,7 @@ pub struct LimitsConfig {
 }
 
 /// `[sys]`: the `$SYS/broker/...` topics.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between updates; 0 turns them off.
@@ -209,6 +209,42 @@ mod tests {
         );
         let err = Config::parse("[[listener]]\nbind = \"nowhere\"\n").unwrap_err();
         assert!(err.0.contains("line 2") && err.0.contains("bind"), "{err}");
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        // docs/configuration.md names every key; a new key without a line there fails here.
+        let docs = include_str!("../../../docs/configuration.md");
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        let table: toml::Table = toml::from_str(&defaults).unwrap();
+        fn keys(table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                out.push(k.clone());
+                match v {
+                    toml::Value::Table(t) => keys(t, out),
+                    toml::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|v| v.as_table())
+                        .for_each(|t| keys(t, out)),
+                    _ => {}
+                }
+            }
+        }
+        let mut all = Vec::new();
+        keys(&table, &mut all);
+        for key in all {
+            let shown = if key == "listener" {
+                "[[listener]]".to_owned()
+            } else if key == "limits" || key == "sys" {
+                format!("[{key}]")
+            } else {
+                format!("`{key}`")
+            };
+            assert!(
+                docs.contains(&shown),
+                "docs/configuration.md does not document {shown}"
+            );
+        }
     }
 
     #[test]

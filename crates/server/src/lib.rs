@@ -39,7 +39,15 @@ impl Server {
     /// Binds every listener of `config` and starts serving. Port 0 binds a free port;
     /// [`Server::local_addrs`] says which.
     pub async fn start(config: &Config) -> std::io::Result<Server> {
-        let broker = Broker::new(config.broker_limits(), now());
+        Server::start_with_access(config, Box::new(tern_broker::AllowAll)).await
+    }
+
+    /// Like [`Server::start`], with `access` deciding who may connect, publish and subscribe.
+    pub async fn start_with_access(
+        config: &Config,
+        access: Box<dyn tern_broker::AccessControl>,
+    ) -> std::io::Result<Server> {
+        let broker = Broker::with_access(config.broker_limits(), access, now());
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();

@@ -12,6 +12,7 @@ use tern_proto::{
 };
 use tracing::info;
 
+use crate::access::Credentials;
 use crate::connection::{send, Attached, Close, Connection};
 use crate::handle::deliver;
 use crate::session::Session;
@@ -46,6 +47,16 @@ pub(crate) fn handle_connect(
         Ok(id) => id,
         Err(code) => return refuse(out, code),
     };
+    let credentials = Credentials {
+        client_id: &client_id,
+        username: c.username,
+        password: c.password,
+        peer: &conn.peer,
+    };
+    if let Err(code) = conn.broker.access.authenticate(&credentials) {
+        info!(client_id = %client_id, peer = %conn.peer, reason = %code, "connection refused");
+        return refuse(out, code);
+    }
     let keep_alive = server_keep_alive(conn, c.keep_alive);
     let expiry = session_expiry(conn, &c);
     let will = match c.will.as_ref().map(PublishBuf::from_will).transpose() {
@@ -63,6 +74,7 @@ pub(crate) fn handle_connect(
         take_over_or_create_session(conn, &client_id, c.clean_start, version, expiry, now);
 
     let mut properties = Properties::default();
+    let response_information;
     if version.is_v5() {
         let limits = &conn.broker.limits;
         properties.receive_maximum = Some(limits.receive_maximum);
@@ -78,6 +90,12 @@ pub(crate) fn handle_connect(
         properties.shared_subscription_available = (!limits.shared_subscriptions).then_some(false);
         properties.subscription_identifier_available =
             (!limits.subscription_identifiers).then_some(false);
+        // [MQTT-3.1.2-28] Response Information only when asked for: the topic prefix this
+        // client may use for responses.
+        if c.properties.request_response_information == Some(true) {
+            response_information = format!("tern/response/{client_id}");
+            properties.response_information = Some(&response_information);
+        }
         let asked = c.properties.session_expiry_interval.unwrap_or(0);
         properties.session_expiry_interval = (asked != expiry).then_some(expiry);
     }
@@ -98,10 +116,13 @@ pub(crate) fn handle_connect(
         session,
         version,
         client_id,
+        username: c.username.map(Arc::from),
         keep_alive,
         client_receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
         aliases: HashMap::new(),
+        client_alias_maximum: c.properties.topic_alias_maximum.unwrap_or(0),
+        aliases_out: HashMap::new(),
         will,
     });
     // A resumed session gets what was in flight again, then its queue [MQTT-4.4.0-1].

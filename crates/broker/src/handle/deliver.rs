@@ -89,7 +89,7 @@ pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>)
 
 fn write_publish(
     broker: &Broker,
-    a: &Attached,
+    a: &mut Attached,
     o: &Outgoing,
     id: Option<PacketId>,
     dup: bool,
@@ -113,7 +113,7 @@ fn write_publish(
 /// Encodes one PUBLISH for this client. A packet larger than the client's Maximum Packet Size
 /// is not sent [MQTT-3.1.2-25]; returns whether it was written.
 fn write_publish_raw(
-    a: &Attached,
+    a: &mut Attached,
     o: &Outgoing,
     id: Option<PacketId>,
     dup: bool,
@@ -124,9 +124,19 @@ fn write_publish_raw(
     let Ok(topic) = TopicName::new(&m.topic) else {
         return false;
     };
+    // Toward an MQTT 5 client that accepts topic aliases, the first topics get one each; later
+    // messages on them carry the alias and an empty topic (section 3.3.2.3.4).
+    let (topic, alias, new_alias) = match a.aliases_out.get(&m.topic) {
+        Some(&alias) => (TopicName::EMPTY, Some(alias), false),
+        None if a.version.is_v5() && a.aliases_out.len() < usize::from(a.client_alias_maximum) => {
+            (topic, u16::try_from(a.aliases_out.len() + 1).ok(), true)
+        }
+        None => (topic, None, false),
+    };
     let properties = Properties {
         message_expiry_interval: expiry,
         subscription_identifiers: SubscriptionIds::List(&o.subscription_ids),
+        topic_alias: alias,
         ..m.properties.get(PropertyContext::Publish)
     };
     let publish = Publish {
@@ -142,6 +152,9 @@ fn write_publish_raw(
     match packet.encoded_len(a.version) {
         Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
             send(out, &packet, a.version);
+            if let (true, Some(alias)) = (new_alias, alias) {
+                a.aliases_out.insert(m.topic.clone(), alias);
+            }
             true
         }
         _ => false,

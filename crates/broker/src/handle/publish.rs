@@ -46,8 +46,12 @@ pub(crate) fn handle_publish(
     }
 
     // A client may not publish into the broker's own `$` topics (section 4.7.2); the message
-    // is acknowledged and dropped.
-    let reached = if topic.starts_with('$') {
+    // is acknowledged and dropped. A publication the access rules refuse is answered with
+    // 0x87 in MQTT 5; 3.1.1 has no way to say so, and the message is dropped.
+    let allowed = broker
+        .access
+        .may_publish(&a.client_id, a.username.as_deref(), &topic);
+    let reached = if !allowed || topic.starts_with('$') {
         0
     } else {
         let message = Message {
@@ -67,12 +71,20 @@ pub(crate) fn handle_publish(
 
     if let Some(id) = packet_id {
         let mut ack = Ack::new(id);
-        if reached == 0 {
+        if !allowed {
+            ack.reason = ReasonCode::NOT_AUTHORIZED;
+        } else if reached == 0 {
             ack.reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
         }
         let packet = match p.qos {
             QoS::AtLeastOnce => Packet::PubAck(ack),
-            _ => Packet::PubRec(ack),
+            _ => {
+                // [MQTT-4.3.3-?] a PUBREC with a failure code ends the exchange: no PUBREL comes.
+                if !ack.reason.is_success() && a.version.is_v5() {
+                    a.session.lock().incoming_qos2.remove(&id.get());
+                }
+                Packet::PubRec(ack)
+            }
         };
         send(out, &packet, a.version);
     }

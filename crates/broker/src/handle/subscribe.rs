@@ -1,5 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the session's filters, and retained messages on subscribe.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tern_proto::{
@@ -64,6 +65,12 @@ fn subscribe_one(
     if sub.filter.has_wildcards() && !limits.wildcard_subscriptions {
         return ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
     }
+    if !broker
+        .access
+        .may_subscribe(&a.client_id, a.username.as_deref(), sub.filter.as_str())
+    {
+        return ReasonCode::NOT_AUTHORIZED;
+    }
     let mut options = sub.options;
     // [MQTT-3.9.3-?] the broker may grant less than asked, never more than its Maximum QoS.
     options.qos = options.qos.min(limits.maximum_qos);
@@ -71,6 +78,7 @@ fn subscribe_one(
         session: a.session.clone(),
         options,
         id,
+        share: shared.then(|| Arc::from(sub.filter.as_str())),
     };
     let is_new = broker.tree_mut().insert(sub.filter, subscriber);
     debug!(client_id = %a.client_id, filter = %sub.filter, qos = options.qos as u8, "subscribed");
@@ -96,6 +104,7 @@ fn subscribe_one(
                 qos,
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
+                via_share: None,
             });
         }
     }

@@ -4,9 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod access;
 mod client;
 mod connect;
 mod limits;
+mod mqtt5;
 mod publish;
 mod session;
 mod subscribe;

@@ -95,3 +95,23 @@ async fn invalid_filter_closes_the_connection() {
         .await;
     assert_eq!(s.expect_closed().await, vec![vec![0xe0, 1, 0x8f]]);
 }
+
+#[tokio::test]
+async fn shared_messages_move_to_another_member_when_one_leaves() {
+    // Section 4.8.2: QoS 1 messages a member received through the share and did not
+    // acknowledge go to another member when it disconnects.
+    let broker = TestBroker::start().await;
+    let mut a = broker.connect(V5, "a").await;
+    a.subscribe("$share/g/work", QoS::AtLeastOnce, 1).await;
+    let mut p = broker.connect(V5, "p").await;
+    p.publish("work", b"job", QoS::AtLeastOnce, 1).await;
+    assert_eq!(a.expect_publish().await.payload, b"job"); // never acknowledged
+    let mut b = broker.connect(V5, "b").await;
+    b.subscribe("$share/g/work", QoS::AtLeastOnce, 1).await;
+    drop(a);
+    let got = b.expect_publish().await;
+    assert_eq!(
+        (got.payload.as_slice(), got.qos),
+        (&b"job"[..], QoS::AtLeastOnce)
+    );
+}
