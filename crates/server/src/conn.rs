@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tern_broker::{Broker, Close, Connection, End};
 use tern_proto::{decode, Packet, ReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -28,12 +28,11 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = Connection::new(broker.clone(), peer.to_string());
-    let (mut rd, mut wr) = stream.into_split();
-    // Buffers grow only when a client sends or is sent something: an idle connection keeps
-    // little more than its task.
+    let mut stream = stream;
+    // Buffers grow only when a client sends or is sent something, and the read chunk lives on
+    // the stack only while reading: an idle connection keeps little more than its task.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
     let mut deadline = Instant::now() + CONNECT_TIMEOUT;
 
     let end = loop {
@@ -45,11 +44,11 @@ pub(crate) async fn serve(
             }
         };
         let step = tokio::select! {
-            read = rd.read(&mut chunk) => match read {
-                Ok(0) | Err(_) => Err(End::Lost),
-                Ok(n) => {
+            ready = stream.readable() => match ready.and_then(|()| read_available(&stream, &mut input)) {
+                Ok(Read::Nothing) => Ok(()),
+                Ok(Read::Eof) | Err(_) => Err(End::Lost),
+                Ok(Read::Data(n)) => {
                     broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                    input.extend_from_slice(&chunk[..n]);
                     let step = handle_input(&mut conn, &mut input, &mut out);
                     // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
                     // it off [MQTT-3.1.2-10]. Before CONNECT the connect timeout stands.
@@ -74,7 +73,7 @@ pub(crate) async fn serve(
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if wr.write_all(&out).await.is_err() {
+            if stream.write_all(&out).await.is_err() {
                 break End::Lost;
             }
             out.clear();
@@ -86,13 +85,45 @@ pub(crate) async fn serve(
             break end;
         }
     };
-    let _ = wr.shutdown().await;
+    let _ = stream.shutdown().await;
     if let Some(will) = conn.end(end, now()) {
         let broker = broker.clone();
         tokio::spawn(async move {
             tokio::time::sleep(will.delay).await;
             broker.publish_delayed_will(will, now());
         });
+    }
+}
+
+/// What a non-blocking read found.
+enum Read {
+    Data(usize),
+    Eof,
+    Nothing,
+}
+
+/// Reads what the socket has, up to 64 KiB so one busy client cannot starve its task's other
+/// duties, appending to `input`.
+fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> std::io::Result<Read> {
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        match stream.try_read(&mut chunk) {
+            // End of stream: handle what came with it first; the next read sees the end again.
+            Ok(0) if total > 0 => return Ok(Read::Data(total)),
+            Ok(0) => return Ok(Read::Eof),
+            Ok(n) => {
+                input.extend_from_slice(&chunk[..n]);
+                total += n;
+                if total >= 64 * 1024 {
+                    return Ok(Read::Data(total));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(if total > 0 { Read::Data(total) } else { Read::Nothing });
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
