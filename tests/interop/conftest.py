@@ -44,6 +44,8 @@ class Broker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tern broker exited: {self.log_path.read_text()}")
             time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
         raise RuntimeError("tern broker did not start listening in time")
 
     _starts = 0

@@ -181,7 +181,7 @@ impl Broker {
         }
         let reached = per_session.len();
         for (session, out) in per_session {
-            if !session.enqueue(out, self.limits.max_queued_messages) {
+            if !session.enqueue(out, self.limits.queue_limit()) {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -219,20 +219,19 @@ impl Broker {
                         let same = matches!(state.inflight.get(&id), Some(Inflight::Publish(o)) if Arc::ptr_eq(&o.message, &out.message));
                         same && state.inflight.remove(&id).is_some()
                     }
-                    None => match state
-                        .queue
-                        .iter()
-                        .position(|o| Arc::ptr_eq(&o.message, &out.message))
-                    {
-                        Some(pos) => state.queue.remove(pos).is_some(),
-                        None => false,
-                    },
+                    None => {
+                        let pos = state
+                            .queue
+                            .iter()
+                            .position(|o| Arc::ptr_eq(&o.message, &out.message));
+                        pos.is_some_and(|pos| state.queue.remove(pos).is_some())
+                    }
                 }
             };
             if removed {
                 out.qos = out.qos.min(other.options.qos);
                 out.subscription_ids = other.id.into_iter().collect();
-                if !other.session.enqueue(out, self.limits.max_queued_messages) {
+                if !other.session.enqueue(out, self.limits.queue_limit()) {
                     self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }

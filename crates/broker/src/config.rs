@@ -26,12 +26,25 @@ pub struct Limits {
     pub subscription_identifiers: bool,
     /// Messages kept per session, sent or not; beyond it new messages are dropped and counted.
     pub max_queued_messages: usize,
+    /// Bytes (payload and topic) kept per session waiting to be sent; beyond it new messages
+    /// are dropped and counted.
+    pub max_queued_bytes: usize,
     /// QoS 1/2 messages in flight to one client at once (also bounded by its Receive Maximum).
     pub max_inflight: u16,
     /// Connections accepted at once.
     pub max_connections: usize,
     /// Longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
+}
+
+impl Limits {
+    /// What one session's queue may hold.
+    pub fn queue_limit(&self) -> crate::session::QueueLimit {
+        crate::session::QueueLimit {
+            messages: self.max_queued_messages,
+            bytes: self.max_queued_bytes,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -47,6 +60,7 @@ impl Default for Limits {
             shared_subscriptions: true,
             subscription_identifiers: true,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
             max_inflight: 100,
             max_connections: 100_000,
             max_session_expiry: u32::MAX,

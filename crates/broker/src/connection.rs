@@ -5,6 +5,7 @@
 //! [`Connection::handle`] with the time, and writes what lands in the output buffer.
 //! Handlers for each packet type live in `handle/`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,17 +21,29 @@ use crate::handle;
 use crate::message::Message;
 use crate::session::Session;
 
-/// Why a connection must close, and whether to tell the client (MQTT 5 DISCONNECT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a connection must close. MQTT 5 clients are told with DISCONNECT: the reason code,
+/// and the detail as its Reason String.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
     /// The reason code.
     pub reason: ReasonCode,
+    /// A sentence for a person reading the client's log.
+    pub detail: Option<Cow<'static, str>>,
 }
 
 impl Close {
-    /// A close with `reason`.
+    /// A close with `reason` and no detail.
     pub fn new(reason: ReasonCode) -> Self {
-        Close { reason }
+        Close {
+            reason,
+            detail: None,
+        }
+    }
+
+    /// Adds the sentence that explains the close.
+    pub fn because(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
@@ -156,7 +169,8 @@ impl Connection {
             // [MQTT-3.1.0-1] the first packet must be CONNECT.
             return match packet {
                 Packet::Connect(c) => handle::connect::handle_connect(self, c, now, out),
-                _ => Err(Close::new(ReasonCode::PROTOCOL_ERROR)),
+                _ => Err(Close::new(ReasonCode::PROTOCOL_ERROR)
+                    .because("the first packet must be CONNECT")),
             };
         };
         match packet {
@@ -185,7 +199,8 @@ impl Connection {
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp => Err(Close::new(ReasonCode::PROTOCOL_ERROR)),
+            | Packet::PingResp => Err(Close::new(ReasonCode::PROTOCOL_ERROR)
+                .because("a client may not send this packet now")),
         }
     }
 
@@ -194,39 +209,40 @@ impl Connection {
     /// with the reason [MQTT-4.13.1-1]. Returns why the connection closes.
     pub fn reject(&mut self, err: DecodeError, out: &mut Vec<u8>) -> Close {
         let reason = err.reason_code();
-        match &self.attached {
-            None => {
-                if let DecodeError::UnsupportedProtocolVersion(level) = err {
-                    // Answer in the version the client can read: 3.1.1's CONNACK for anything
-                    // older than MQTT 5, MQTT 5's for newer.
-                    let version = if level > 5 {
-                        ProtocolVersion::V5
-                    } else {
-                        ProtocolVersion::V3_1_1
-                    };
-                    let connack = ConnAck {
-                        session_present: false,
-                        code: reason,
-                        properties: Properties::default(),
-                    };
-                    send(out, &Packet::ConnAck(connack), version);
-                }
-            }
-            Some(a) => self.send_disconnect(a.version, reason, out),
+        if let (None, DecodeError::UnsupportedProtocolVersion(level)) = (&self.attached, err) {
+            // Answer in the version the client can read: 3.1.1's CONNACK for anything older
+            // than MQTT 5, MQTT 5's for newer.
+            let version = if level > 5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V3_1_1
+            };
+            let connack = ConnAck {
+                session_present: false,
+                code: reason,
+                properties: Properties::default(),
+            };
+            send(out, &Packet::ConnAck(connack), version);
         }
-        Close::new(reason)
+        let close = Close::new(reason).because(err.to_string());
+        self.close(&close, out);
+        close
     }
 
-    /// Tells an MQTT 5 client why the broker is closing the connection.
-    pub fn close(&mut self, close: Close, out: &mut Vec<u8>) {
-        if let Some(a) = &self.attached {
-            self.send_disconnect(a.version, close.reason, out);
-        }
-    }
-
-    fn send_disconnect(&self, version: ProtocolVersion, reason: ReasonCode, out: &mut Vec<u8>) {
-        if version.is_v5() {
-            send(out, &Packet::Disconnect(Disconnect::new(reason)), version);
+    /// Tells an MQTT 5 client why the broker is closing the connection: DISCONNECT with the
+    /// reason code and, as Reason String, the detail (section 3.14.2.2.3). A 3.1.1 connection just
+    /// closes.
+    pub fn close(&mut self, close: &Close, out: &mut Vec<u8>) {
+        let Some(a) = &self.attached else { return };
+        if a.version.is_v5() {
+            let disconnect = Disconnect {
+                reason: close.reason,
+                properties: Properties {
+                    reason_string: close.detail.as_deref(),
+                    ..Properties::default()
+                },
+            };
+            send(out, &Packet::Disconnect(disconnect), a.version);
         }
     }
 

@@ -20,5 +20,5 @@ pub use broker::{Broker, Stats};
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End};
 pub use message::Message;
-pub use session::{Inflight, Outgoing, Session, SessionState};
+pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Subscriber, SubscriptionTree};

@@ -31,6 +31,68 @@ pub struct Outgoing {
     pub via_share: Option<Arc<str>>,
 }
 
+impl Outgoing {
+    /// What this message costs a queue: its payload and topic.
+    pub fn size(&self) -> usize {
+        self.message.payload.len() + self.message.topic.len()
+    }
+}
+
+/// Messages waiting to be sent, oldest first, with their total size kept.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+impl Queue {
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none wait.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Bytes of payload and topic waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The messages, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.items.iter()
+    }
+
+    /// Adds a message at the back.
+    pub fn push_back(&mut self, out: Outgoing) {
+        self.bytes += out.size();
+        self.items.push_back(out);
+    }
+
+    /// Puts a message taken with `pop_front` back.
+    pub fn push_front(&mut self, out: Outgoing) {
+        self.bytes += out.size();
+        self.items.push_front(out);
+    }
+
+    /// Takes the oldest message.
+    pub fn pop_front(&mut self) -> Option<Outgoing> {
+        let out = self.items.pop_front()?;
+        self.bytes -= out.size();
+        Some(out)
+    }
+
+    /// Takes the message at `index`.
+    pub fn remove(&mut self, index: usize) -> Option<Outgoing> {
+        let out = self.items.remove(index)?;
+        self.bytes -= out.size();
+        Some(out)
+    }
+}
+
 /// A QoS 1 or 2 message sent and not yet fully acknowledged.
 #[derive(Debug, Clone)]
 pub enum Inflight {
@@ -53,7 +115,7 @@ pub struct SessionState {
     /// Filter -> (options, Subscription Identifier).
     pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
     /// Messages not yet sent, oldest first.
-    pub queue: VecDeque<Outgoing>,
+    pub queue: Queue,
     /// Messages sent and not yet acknowledged, by packet id.
     pub inflight: BTreeMap<u16, Inflight>,
     /// QoS 2 packet ids received from the client whose PUBREL has not arrived.
@@ -75,7 +137,7 @@ impl SessionState {
             kick: None,
             version,
             subscriptions: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             inflight: BTreeMap::new(),
             incoming_qos2: HashSet::new(),
             expiry_interval: 0,
@@ -106,6 +168,23 @@ impl SessionState {
             _ => false,
         }
     }
+}
+
+/// How much one session's queue may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimit {
+    /// Messages.
+    pub messages: usize,
+    /// Bytes of payload and topic.
+    pub bytes: usize,
+}
+
+impl QueueLimit {
+    /// No limit: for retained messages a subscriber asked for, which it must get.
+    pub const NONE: QueueLimit = QueueLimit {
+        messages: usize::MAX,
+        bytes: usize::MAX,
+    };
 }
 
 /// A session, shared by the registry, the subscription tree and its connection.
@@ -141,12 +220,12 @@ impl Session {
         self.lock().owner.is_some()
     }
 
-    /// Queues `out` for the client, within `max_queued` messages. When the queue is full the
-    /// new message is dropped and counted: a slow consumer never holds up the publisher or
-    /// the other subscribers. Returns whether it was queued.
-    pub fn enqueue(&self, out: Outgoing, max_queued: usize) -> bool {
+    /// Queues `out` for the client, within `limit`. When the queue is full the new message is
+    /// dropped and counted: a slow consumer never holds up the publisher or the other
+    /// subscribers. Returns whether it was queued.
+    pub fn enqueue(&self, out: Outgoing, limit: QueueLimit) -> bool {
         let mut state = self.lock();
-        if state.queue.len() >= max_queued {
+        if state.queue.len() >= limit.messages || state.queue.bytes() + out.size() > limit.bytes {
             state.dropped += 1;
             return false;
         }

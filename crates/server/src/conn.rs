@@ -61,10 +61,14 @@ pub(crate) async fn serve(
             _ = wake => conn.flush(now(), &mut out).map_err(|c| closed(&mut conn, c, &mut out)),
             _ = sleep_until(deadline) => {
                 // [MQTT-3.1.2-24] silent for 1.5 times the keep alive, or no CONNECT in time.
-                Err(closed(&mut conn, Close::new(ReasonCode::KEEP_ALIVE_TIMEOUT), &mut out))
+                let close = match conn.session() {
+                    Some(_) => Close::new(ReasonCode::KEEP_ALIVE_TIMEOUT).because("no packet for 1.5 times the keep alive"),
+                    None => Close::new(ReasonCode::MAXIMUM_CONNECT_TIME).because("no CONNECT in time"),
+                };
+                Err(closed(&mut conn, close, &mut out))
             }
             _ = shutdown.changed() => {
-                conn.close(Close::new(ReasonCode::SERVER_SHUTTING_DOWN), &mut out);
+                conn.close(&Close::new(ReasonCode::SERVER_SHUTTING_DOWN), &mut out);
                 Err(End::Shutdown)
             }
         };
@@ -120,7 +124,11 @@ fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> std::io::Result<Re
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Ok(if total > 0 { Read::Data(total) } else { Read::Nothing });
+                return Ok(if total > 0 {
+                    Read::Data(total)
+                } else {
+                    Read::Nothing
+                });
             }
             Err(e) => return Err(e),
         }
@@ -128,7 +136,7 @@ fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> std::io::Result<Re
 }
 
 fn closed(conn: &mut Connection, close: Close, out: &mut Vec<u8>) -> End {
-    conn.close(close, out);
+    conn.close(&close, out);
     End::Closed(close.reason)
 }
 

@@ -236,7 +236,9 @@ pub(crate) fn handle_disconnect(a: &mut Attached, d: Disconnect<'_>) -> Result<(
         let mut state = a.session.lock();
         // [MQTT-3.14.2-2] a session that was to end with the connection cannot be kept now.
         if state.expiry_interval == 0 && expiry != 0 {
-            return Err(Close::new(ReasonCode::PROTOCOL_ERROR));
+            return Err(Close::new(ReasonCode::PROTOCOL_ERROR).because(
+                "a session ending with its connection cannot be given an expiry at DISCONNECT",
+            ));
         }
         state.expiry_interval = expiry;
     }

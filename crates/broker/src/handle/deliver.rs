@@ -27,7 +27,7 @@ pub(crate) fn flush(
     {
         let mut state = a.session.lock();
         if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
-            return Err(Close::new(reason));
+            return Err(Close::new(reason).because("another connection took over the session"));
         }
         while let Some(next) = state.queue.pop_front() {
             if next.message.is_expired(now) {

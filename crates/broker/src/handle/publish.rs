@@ -29,7 +29,8 @@ pub(crate) fn handle_publish(
 
     if p.qos == QoS::ExactlyOnce {
         let Some(id) = packet_id else {
-            return Err(Close::new(ReasonCode::PROTOCOL_ERROR));
+            return Err(Close::new(ReasonCode::PROTOCOL_ERROR)
+                .because("QoS 2 PUBLISH without a packet identifier"));
         };
         let mut state = a.session.lock();
         if state.incoming_qos2.contains(&id.get()) {
@@ -40,7 +41,8 @@ pub(crate) fn handle_publish(
         }
         // [MQTT-3.3.4-9] more unreleased QoS 2 messages than the broker's Receive Maximum.
         if state.incoming_qos2.len() >= usize::from(broker.limits.receive_maximum) {
-            return Err(Close::new(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+            return Err(Close::new(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+                .because("more unreleased QoS 2 messages than the broker's Receive Maximum"));
         }
         state.incoming_qos2.insert(id.get());
     }
@@ -79,7 +81,7 @@ pub(crate) fn handle_publish(
         let packet = match p.qos {
             QoS::AtLeastOnce => Packet::PubAck(ack),
             _ => {
-                // [MQTT-4.3.3-?] a PUBREC with a failure code ends the exchange: no PUBREL comes.
+                // Section 4.3.3: a PUBREC with a failure code ends the exchange: no PUBREL comes.
                 if !ack.reason.is_success() && a.version.is_v5() {
                     a.session.lock().incoming_qos2.remove(&id.get());
                 }
@@ -95,10 +97,13 @@ pub(crate) fn handle_publish(
 /// retained messages are off [MQTT-3.2.2-14].
 fn check_allowed(broker: &Broker, p: &Publish<'_>) -> Result<(), Close> {
     if p.qos > broker.limits.maximum_qos {
-        return Err(Close::new(ReasonCode::QOS_NOT_SUPPORTED));
+        return Err(
+            Close::new(ReasonCode::QOS_NOT_SUPPORTED).because("QoS above the broker's Maximum QoS")
+        );
     }
     if p.retain && !broker.limits.retain_available {
-        return Err(Close::new(ReasonCode::RETAIN_NOT_SUPPORTED));
+        return Err(Close::new(ReasonCode::RETAIN_NOT_SUPPORTED)
+            .because("this broker keeps no retained messages"));
     }
     Ok(())
 }
@@ -110,15 +115,15 @@ fn resolve_topic(broker: &Broker, a: &mut Attached, p: &Publish<'_>) -> Result<A
     };
     // [MQTT-3.3.2-9] an alias above the broker's Topic Alias Maximum.
     if alias > broker.limits.topic_alias_maximum {
-        return Err(Close::new(ReasonCode::TOPIC_ALIAS_INVALID));
+        return Err(Close::new(ReasonCode::TOPIC_ALIAS_INVALID)
+            .because("topic alias above the broker's Topic Alias Maximum"));
     }
     if p.topic.is_empty() {
         // [MQTT-3.3.2-8]... an alias never set on this connection is a Protocol Error.
-        return a
-            .aliases
-            .get(&alias)
-            .cloned()
-            .ok_or(Close::new(ReasonCode::PROTOCOL_ERROR));
+        return a.aliases.get(&alias).cloned().ok_or_else(|| {
+            Close::new(ReasonCode::PROTOCOL_ERROR)
+                .because("topic alias never set on this connection")
+        });
     }
     let topic: Arc<str> = Arc::from(p.topic.as_str());
     a.aliases.insert(alias, topic.clone());

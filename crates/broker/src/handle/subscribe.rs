@@ -12,7 +12,7 @@ use tracing::debug;
 
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
-use crate::session::Outgoing;
+use crate::session::{Outgoing, QueueLimit};
 use crate::tree::Subscriber;
 
 pub(crate) fn handle_subscribe(
@@ -23,11 +23,12 @@ pub(crate) fn handle_subscribe(
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
     let id = s.properties.subscription_identifiers.first();
-    // [MQTT-3.8.2-?] Subscription Identifiers offered as unavailable may not be used.
+    // Section 3.2.2.3.12: Subscription Identifiers offered as unavailable may not be used.
     if id.is_some() && !broker.limits.subscription_identifiers {
-        return Err(Close::new(
-            ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-        ));
+        return Err(
+            Close::new(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+                .because("this broker does not offer Subscription Identifiers"),
+        );
     }
     let mut codes = Vec::new();
     let mut retained = Vec::new();
@@ -43,7 +44,7 @@ pub(crate) fn handle_subscribe(
     };
     send(out, &Packet::SubAck(suback), a.version);
     for out in retained {
-        a.session.enqueue(out, usize::MAX);
+        a.session.enqueue(out, QueueLimit::NONE);
     }
     Ok(())
 }
@@ -72,7 +73,7 @@ fn subscribe_one(
         return ReasonCode::NOT_AUTHORIZED;
     }
     let mut options = sub.options;
-    // [MQTT-3.9.3-?] the broker may grant less than asked, never more than its Maximum QoS.
+    // Section 3.9.3: the broker may grant less than asked, never more than its Maximum QoS.
     options.qos = options.qos.min(limits.maximum_qos);
     let subscriber = Subscriber {
         session: a.session.clone(),
@@ -87,7 +88,7 @@ fn subscribe_one(
         .subscriptions
         .insert(sub.filter.as_str().to_owned(), (options, id));
 
-    // Retained messages (section 3.3.1.3): not for shared subscriptions [MQTT-3.8.4-?], and as
+    // Retained messages (section 3.3.1.3): not for shared subscriptions (section 4.8.2), and as
     // Retain Handling says [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
     let send_retained = !shared
         && match options.retain_handling {

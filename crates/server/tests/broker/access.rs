@@ -43,7 +43,7 @@ async fn guarded() -> TestBroker {
 #[tokio::test]
 async fn wrong_password_and_anonymous_get_the_right_connack() {
     // Section 3.2.2.3: 3.1.1 return codes 4 (bad user name or password) and 5 (not
-    // authorized); MQTT 5 reason codes 0x86 and 0x87 [MQTT-3.2.2-?].
+    // authorized); MQTT 5 reason codes 0x86 and 0x87 (section 3.2.2.2).
     let broker = guarded().await;
     for (version, user, pass, code) in [
         (V3_1_1, Some("alice"), &b"wrong"[..], 4),

@@ -270,6 +270,31 @@ impl Raw {
         self.expect_closed_within(PATIENCE).await
     }
 
+    /// Waits for an MQTT 5 DISCONNECT with `code` (and a Reason String saying why), then the
+    /// close.
+    pub async fn expect_disconnect(&mut self, code: u8) {
+        self.expect_disconnect_within(code, PATIENCE).await
+    }
+
+    pub async fn expect_disconnect_within(&mut self, code: u8, patience: Duration) {
+        let seen = self.expect_closed_within(patience).await;
+        let last = seen.last().expect("no DISCONNECT before the close");
+        match decode(last, ProtocolVersion::V5, u32::MAX)
+            .unwrap()
+            .unwrap()
+            .0
+        {
+            Packet::Disconnect(d) => {
+                assert_eq!(d.reason.value(), code, "{d:?}");
+                assert!(
+                    d.properties.reason_string.is_some_and(|s| !s.is_empty()),
+                    "no reason string: {d:?}"
+                );
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
     pub async fn expect_closed_within(&mut self, patience: Duration) -> Vec<Vec<u8>> {
         let mut seen = Vec::new();
         tokio::time::timeout(patience, async {

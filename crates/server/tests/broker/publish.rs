@@ -240,7 +240,7 @@ async fn topic_alias_from_client() {
     assert_eq!(s.expect_publish().await.topic, "alias/t");
     assert_eq!(s.expect_publish().await.topic, "alias/t");
     p.send(&Packet::Publish(with_alias("alias/t", 65))).await;
-    assert_eq!(p.expect_closed().await, vec![vec![0xe0, 1, 0x94]]);
+    p.expect_disconnect(0x94).await;
 }
 
 #[tokio::test]
