@@ -327,6 +327,7 @@ impl Broker {
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             properties: will.properties.clone(),
             publisher: Arc::from(""),
+            encoded: Default::default(),
         };
         self.route(Arc::new(message));
     }

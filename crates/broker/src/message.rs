@@ -1,9 +1,12 @@
 //! An application message as the broker holds it: once, shared by every queue it is in.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tern_proto::{PropertiesBuf, QoS};
+use tern_proto::{
+    FixedHeader, Packet, PacketId, PropertiesBuf, PropertyContext, ProtocolVersion, Publish, QoS,
+    TopicName,
+};
 
 /// A message accepted from a publisher (or a will), shared by reference between the retained
 /// store and every subscriber queue it reaches.
@@ -23,6 +26,8 @@ pub struct Message {
     pub publisher: Arc<str>,
     /// When the Message Expiry Interval runs out, if it has one.
     pub expires_at: Option<Instant>,
+    /// Encodings shared by subscribers that receive the same bytes.
+    pub encoded: EncodeCache,
 }
 
 impl Message {
@@ -38,5 +43,114 @@ impl Message {
             let left = at.saturating_duration_since(now);
             u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX)
         })
+    }
+}
+
+/// A PUBLISH packet encoded once for every subscriber that gets the same bytes: same protocol
+/// generation, QoS and RETAIN, no per-subscriber properties. Only the packet identifier
+/// differs, and it is patched in at `packet_id_at`.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The whole packet; its packet identifier (QoS 1/2) is a placeholder.
+    pub bytes: Box<[u8]>,
+    /// Where the two packet-identifier bytes are.
+    pub packet_id_at: usize,
+}
+
+/// The encodings of a message made so far, one slot per (MQTT 5 or not, QoS, RETAIN). Empty,
+/// it costs one pointer: most messages are never encoded twice.
+#[derive(Debug, Default)]
+pub struct EncodeCache(OnceLock<Box<[OnceLock<Option<Encoded>>; 12]>>);
+
+impl Message {
+    /// The shared encoding of this message for (`v5`, `qos`, `retain`), made on first use.
+    /// `None` if it cannot be encoded (never for a message the broker accepted).
+    pub fn encoded(&self, v5: bool, qos: QoS, retain: bool) -> Option<&Encoded> {
+        let slots = self.encoded.0.get_or_init(Default::default);
+        let slot = usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain);
+        slots[slot]
+            .get_or_init(|| self.encode(v5, qos, retain))
+            .as_ref()
+    }
+
+    fn encode(&self, v5: bool, qos: QoS, retain: bool) -> Option<Encoded> {
+        let version = if v5 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        };
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: TopicName::new(&self.topic).ok()?,
+            packet_id: (qos != QoS::AtMostOnce).then_some(PacketId::new(1)?),
+            properties: self.properties.get(PropertyContext::Publish),
+            payload: &self.payload,
+        };
+        let bytes = Packet::Publish(publish).encode_to_vec(version).ok()?;
+        let header = FixedHeader::decode(&bytes, version).ok()??;
+        let packet_id_at = header.header_len + 2 + self.topic.len();
+        Some(Encoded {
+            bytes: bytes.into_boxed_slice(),
+            packet_id_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::Properties;
+
+    fn message() -> Message {
+        let props = Properties {
+            content_type: Some("text/plain"),
+            ..Properties::default()
+        };
+        Message {
+            topic: Arc::from("a/b"),
+            payload: b"hello".to_vec(),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: PropertiesBuf::new(&props).unwrap(),
+            publisher: Arc::from("p"),
+            expires_at: None,
+            encoded: EncodeCache::default(),
+        }
+    }
+
+    #[test]
+    fn shared_encoding_with_patched_id_equals_a_fresh_encoding() {
+        let m = message();
+        for (v5, version) in [
+            (false, ProtocolVersion::V3_1_1),
+            (true, ProtocolVersion::V5),
+        ] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let e = m.encoded(v5, qos, false).unwrap();
+                let mut bytes = e.bytes.to_vec();
+                let id = (qos != QoS::AtMostOnce).then(|| PacketId::new(0x1234).unwrap());
+                if id.is_some() {
+                    bytes[e.packet_id_at..e.packet_id_at + 2].copy_from_slice(&[0x12, 0x34]);
+                }
+                let fresh = Packet::Publish(Publish {
+                    dup: false,
+                    qos,
+                    retain: false,
+                    topic: TopicName::new("a/b").unwrap(),
+                    packet_id: id,
+                    properties: m.properties.get(PropertyContext::Publish),
+                    payload: b"hello",
+                })
+                .encode_to_vec(version)
+                .unwrap();
+                assert_eq!(bytes, fresh, "v5={v5} {qos:?}");
+            }
+        }
+        // Encoded once: the second request returns the same bytes.
+        let first = m.encoded(true, QoS::AtLeastOnce, true).unwrap() as *const Encoded;
+        let second = m.encoded(true, QoS::AtLeastOnce, true).unwrap() as *const Encoded;
+        assert_eq!(first, second);
     }
 }

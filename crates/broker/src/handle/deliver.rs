@@ -121,6 +121,27 @@ fn write_publish_raw(
     out: &mut Vec<u8>,
 ) -> bool {
     let m = &o.message;
+    // Most deliveries carry nothing particular to the subscriber: copy the shared encoding and
+    // patch in the packet identifier.
+    let plain = !dup
+        && o.subscription_ids.is_empty()
+        && expiry.is_none()
+        && (!a.version.is_v5() || a.client_alias_maximum == 0);
+    if plain {
+        let Some(encoded) = m.encoded(a.version.is_v5(), o.qos, o.retain) else {
+            return false;
+        };
+        if encoded.bytes.len() as u64 > u64::from(a.client_max_packet) {
+            return false;
+        }
+        let start = out.len();
+        out.extend_from_slice(&encoded.bytes);
+        if let Some(id) = id {
+            let at = start + encoded.packet_id_at;
+            out[at..at + 2].copy_from_slice(&id.get().to_be_bytes());
+        }
+        return true;
+    }
     let Ok(topic) = TopicName::new(&m.topic) else {
         return false;
     };

@@ -63,6 +63,7 @@ pub(crate) fn handle_publish(
             retain: p.retain,
             properties: forwarded_properties(&p.properties),
             publisher: a.client_id.clone(),
+            encoded: Default::default(),
             expires_at: p
                 .properties
                 .message_expiry_interval
