@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TERN = Path(os.environ.get("TERN_BIN", ROOT / "target" / "debug" / "tern"))
-LISTENING = re.compile(r"listening for MQTT over TCP addr=127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening addr=127\.0\.0\.1:(\d+) kind=Tcp")
 
 
 class Broker:

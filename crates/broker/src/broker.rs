@@ -45,7 +45,7 @@ pub struct Broker {
     /// When the broker started.
     pub started: Instant,
     /// Who may connect, publish and subscribe.
-    pub access: Box<dyn AccessControl>,
+    pub access: Arc<dyn AccessControl>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     tree: RwLock<SubscriptionTree>,
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
@@ -63,13 +63,13 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Broker {
     /// A broker with `limits` that lets everyone in, started at `now`.
     pub fn new(limits: Limits, now: Instant) -> Arc<Broker> {
-        Broker::with_access(limits, Box::new(AllowAll), now)
+        Broker::with_access(limits, Arc::new(AllowAll), now)
     }
 
     /// A broker whose access decisions `access` makes.
     pub fn with_access(
         limits: Limits,
-        access: Box<dyn AccessControl>,
+        access: Arc<dyn AccessControl>,
         now: Instant,
     ) -> Arc<Broker> {
         Arc::new(Broker {
@@ -153,6 +153,13 @@ impl Broker {
         let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::new();
         for sub in matches {
             if sub.options.no_local && sub.session.client_id == message.publisher {
+                continue;
+            }
+            if !self.access.may_receive(
+                &sub.session.client_id,
+                sub.username.as_deref(),
+                &message.topic,
+            ) {
                 continue;
             }
             let qos = message.qos.min(sub.options.qos);

@@ -33,6 +33,12 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Connections accepted at once.
     pub max_connections: usize,
+    /// Distinct subscriptions one session may hold; more get SUBACK 0x97 (3.1.1: 0x80).
+    pub max_subscriptions_per_client: usize,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: usize,
     /// Longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
 }
@@ -63,6 +69,9 @@ impl Default for Limits {
             max_queued_bytes: 64 * 1024 * 1024,
             max_inflight: 100,
             max_connections: 100_000,
+            max_subscriptions_per_client: 10_000,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
             max_session_expiry: u32::MAX,
         }
     }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_proto::{
-    ConnAck, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, PublishBuf, ReasonCode,
+    ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, PublishBuf,
+    ReasonCode,
 };
 use tracing::info;
 
+use crate::access::{Credentials, Identity};
 use crate::broker::Broker;
 use crate::handle;
 use crate::message::Message;
@@ -93,12 +95,30 @@ pub(crate) struct Attached {
     pub(crate) will: Option<(PublishBuf, u32)>,
 }
 
+/// Where a connection comes from, as its transport knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The peer's address, as text.
+    pub peer: String,
+    /// Whether the listener is bound to a loopback address.
+    pub loopback: bool,
+    /// The listener's configured word on anonymous clients, if any.
+    pub allow_anonymous: Option<bool>,
+    /// The name from the client's TLS certificate, when the listener uses it as user name.
+    pub certificate_name: Option<String>,
+    /// Set when the transport must refuse this client at CONNECT (a per-address limit): the
+    /// CONNACK carries this code.
+    pub refusal: Option<ReasonCode>,
+}
+
 /// One client connection.
 pub struct Connection {
     pub(crate) broker: Arc<Broker>,
     pub(crate) id: u64,
-    pub(crate) peer: String,
+    pub(crate) origin: Origin,
     pub(crate) attached: Option<Attached>,
+    /// The outcome of authenticating the coming CONNECT, if the transport did it already.
+    pub(crate) authentication: Option<Result<Identity, ReasonCode>>,
 }
 
 /// Appends `packet`, encoded in `version`, to `out`.
@@ -117,15 +137,35 @@ pub(crate) fn send(out: &mut Vec<u8>, packet: &Packet<'_>, version: ProtocolVers
 }
 
 impl Connection {
-    /// A connection from `peer` that has not sent CONNECT yet.
-    pub fn new(broker: Arc<Broker>, peer: String) -> Self {
+    /// A connection from `origin` that has not sent CONNECT yet.
+    pub fn new(broker: Arc<Broker>, origin: Origin) -> Self {
         let id = broker.next_connection_id();
         Connection {
             broker,
             id,
-            peer,
+            origin,
             attached: None,
+            authentication: None,
         }
+    }
+
+    /// What `c` presents for authentication, with what the transport knows of the client.
+    pub fn credentials(&self, c: &Connect<'_>) -> Credentials {
+        Credentials {
+            client_id: c.client_id.to_owned(),
+            username: c.username.map(str::to_owned),
+            password: c.password.map(<[u8]>::to_vec),
+            peer: self.origin.peer.clone(),
+            certificate_name: self.origin.certificate_name.clone(),
+            loopback: self.origin.loopback,
+            allow_anonymous: self.origin.allow_anonymous,
+        }
+    }
+
+    /// Hands in the outcome of authenticating the CONNECT about to be handled, so the broker
+    /// does not authenticate it again on the async worker.
+    pub fn set_authentication(&mut self, outcome: Result<Identity, ReasonCode>) {
+        self.authentication = Some(outcome);
     }
 
     /// The version to decode the next packet in (3.1.1 until CONNECT says otherwise; CONNECT
@@ -262,7 +302,7 @@ impl Connection {
             .stats
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
-        info!(client_id = %a.client_id, peer = %self.peer, end = ?how, "client disconnected");
+        info!(client_id = %a.client_id, peer = %self.origin.peer, end = ?how, "client disconnected");
         let expiry = {
             let mut state = a.session.lock();
             if state.owner != Some(self.id) {

@@ -15,10 +15,10 @@ mod message;
 mod session;
 mod tree;
 
-pub use access::{AccessControl, AllowAll, Credentials};
+pub use access::{AccessControl, AllowAll, Credentials, Identity};
 pub use broker::{Broker, Stats};
 pub use config::Limits;
-pub use connection::{Close, Connection, DelayedWill, End};
+pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;
 pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Subscriber, SubscriptionTree};

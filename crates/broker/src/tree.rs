@@ -24,6 +24,8 @@ pub struct Subscriber {
     pub id: Option<u32>,
     /// For a member of a shared subscription, the whole `$share/...` filter.
     pub share: Option<Arc<str>>,
+    /// The user name the subscriber authenticated with, for per-message access checks.
+    pub username: Option<Arc<str>>,
 }
 
 #[derive(Default)]

@@ -21,8 +21,75 @@ enum Command {
     /// Run the MQTT broker (MQTT 3.1, 3.1.1 and 5.0). With no flags it listens on
     /// 127.0.0.1:1883 with its built-in defaults.
     Broker(BrokerArgs),
+    /// Create a local certificate authority and a server certificate signed by it (ECDSA
+    /// P-256), for TLS on a LAN without a public certificate.
+    Cert(CertArgs),
+    /// Manage users and their passwords in the users file.
+    User(UserArgs),
     /// Print the version and the protocol versions tern speaks.
     Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct CertArgs {
+    /// Host names and IP addresses clients will connect to (e.g. broker.local 192.168.1.10).
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    /// Where to write the files.
+    #[arg(long, value_name = "DIR", default_value = "tern-data/certs")]
+    dir: PathBuf,
+    /// Days the server certificate is valid.
+    #[arg(long, default_value_t = 825)]
+    days: u32,
+}
+
+#[derive(Debug, clap::Args)]
+struct UserArgs {
+    #[command(subcommand)]
+    action: UserAction,
+    /// The users file (default: users.toml in the data directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The data directory the broker uses.
+    #[arg(long, global = true, value_name = "DIR", default_value = "tern-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Add a user (asks for the password, or reads one line from stdin with --password-stdin).
+    Add {
+        /// The user name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Allow publishing and subscribing on this topic filter (repeatable; %u is the user
+        /// name, %c the client id).
+        #[arg(long, value_name = "FILTER")]
+        allow: Vec<String>,
+        /// Allow publishing only.
+        #[arg(long, value_name = "FILTER")]
+        allow_publish: Vec<String>,
+        /// Allow subscribing only.
+        #[arg(long, value_name = "FILTER")]
+        allow_subscribe: Vec<String>,
+    },
+    /// List users and their rules (never their passwords).
+    List,
+    /// Remove a user.
+    Remove {
+        /// The user name.
+        name: String,
+    },
+    /// Change a user's password.
+    Passwd {
+        /// The user name.
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +117,143 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Broker(args) => broker(args),
+        Command::Cert(args) => cert(args),
+        Command::User(args) => user(args),
+    }
+}
+
+fn cert(args: CertArgs) -> ExitCode {
+    match tern_server::certs::create(&args.dir, &args.names, args.days) {
+        Ok(files) => {
+            println!("CA certificate:      {}", files.ca_cert.display());
+            println!("CA key (keep secret): {}", files.ca_key.display());
+            println!("server certificate:  {}", files.server_cert.display());
+            println!("server key:          {}", files.server_key.display());
+            println!();
+            println!("In the broker's configuration:");
+            println!("  [[listener]]");
+            println!("  kind = \"tls\"");
+            println!("  cert = \"{}\"", files.server_cert.display());
+            println!("  key = \"{}\"", files.server_key.display());
+            println!();
+            println!("Clients: --cafile {}", files.ca_cert.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern cert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(password)
+}
+
+fn user(args: UserArgs) -> ExitCode {
+    use tern_server::access::{Action, Rule, UsersFile};
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("users.toml"));
+    let run = || -> Result<(), String> {
+        let mut file = UsersFile::load(&path)?;
+        match args.action {
+            UserAction::Add {
+                name,
+                password_stdin,
+                allow,
+                allow_publish,
+                allow_subscribe,
+            } => {
+                if file.user(&name).is_some() {
+                    return Err(format!("user {name} exists; use `tern user passwd {name}`"));
+                }
+                if name.is_empty() {
+                    return Err("the user name is empty".into());
+                }
+                let password = read_password(password_stdin)?;
+                file.set_password(&name, &password)?;
+                let rules = allow
+                    .into_iter()
+                    .map(|t| (Action::Both, t))
+                    .chain(allow_publish.into_iter().map(|t| (Action::Publish, t)))
+                    .chain(allow_subscribe.into_iter().map(|t| (Action::Subscribe, t)));
+                if let Some(user) = file.users.iter_mut().find(|u| u.name == name) {
+                    for (action, topic) in rules {
+                        tern_proto::TopicFilter::new(&topic)
+                            .map_err(|_| format!("`{topic}` is not a topic filter"))?;
+                        user.rules.push(Rule {
+                            allow: Some(action),
+                            deny: None,
+                            topic,
+                        });
+                    }
+                }
+                file.save(&path)?;
+                println!("added {name} to {}", path.display());
+            }
+            UserAction::List => {
+                for u in &file.users {
+                    let rules: Vec<String> = u
+                        .rules
+                        .iter()
+                        .map(|r| match (r.allow, r.deny) {
+                            (Some(a), _) => format!("allow {a:?} {}", r.topic).to_lowercase(),
+                            (_, Some(d)) => format!("deny {d:?} {}", r.topic).to_lowercase(),
+                            _ => String::new(),
+                        })
+                        .collect();
+                    println!("{}\t{}", u.name, rules.join(", "));
+                }
+            }
+            UserAction::Remove { name } => {
+                let before = file.users.len();
+                file.users.retain(|u| u.name != name);
+                if file.users.len() == before {
+                    return Err(format!("no user {name}"));
+                }
+                file.save(&path)?;
+                println!("removed {name}");
+            }
+            UserAction::Passwd {
+                name,
+                password_stdin,
+            } => {
+                if file.user(&name).is_none() {
+                    return Err(format!("no user {name}"));
+                }
+                let password = read_password(password_stdin)?;
+                file.set_password(&name, &password)?;
+                file.save(&path)?;
+                println!("password changed for {name}");
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern user: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -68,7 +272,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
         config.listeners = args
             .listen
             .iter()
-            .map(|&bind| tern_server::config::ListenerConfig { bind })
+            .map(|&bind| tern_server::config::ListenerConfig::tcp(bind))
             .collect();
     }
     if let Some(dir) = args.data_dir {
@@ -106,31 +310,31 @@ fn broker(args: BrokerArgs) -> ExitCode {
             }
         };
         info!(version = env!("CARGO_PKG_VERSION"), "tern broker running");
-        wait_for_signal().await;
+        wait_for_signal(&server).await;
         info!("shutting down");
         server.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Waits for SIGINT or SIGTERM; on SIGHUP, reloads certificates and users.
+async fn wait_for_signal(server: &Server) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading certificates and users");
+                server.reload();
+            }
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

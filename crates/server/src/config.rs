@@ -16,6 +16,11 @@ pub struct Config {
     pub log_level: String,
     /// Where persistent state lives.
     pub data_dir: PathBuf,
+    /// The users and permissions file; default `users.toml` in `data_dir`.
+    pub users_file: Option<PathBuf>,
+    /// Whether clients without a user name may connect. Unset: only on loopback listeners,
+    /// and only while no user exists.
+    pub allow_anonymous: Option<bool>,
     /// TCP listeners.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -25,12 +30,92 @@ pub struct Config {
     pub sys: SysConfig,
 }
 
-/// One MQTT-over-TCP listener.
+/// How a listener carries MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The port a listener of this kind binds when the configuration names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            ListenerKind::Tcp => 1883,
+            ListenerKind::Tls => 8883,
+            ListenerKind::Ws => 8080,
+            ListenerKind::Wss => 8884,
+        }
+    }
+
+    /// Whether it needs a certificate.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+}
+
+/// One listener.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Address and port to bind, e.g. `127.0.0.1:1883`.
-    pub bind: SocketAddr,
+    /// `tcp` (default), `tls`, `ws` or `wss`.
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// Address and port to bind, e.g. `0.0.0.0:8883`. Default: all addresses, on the kind's
+    /// usual port (1883, 8883, 8080, 8884).
+    pub bind: Option<SocketAddr>,
+    /// PEM certificate chain (TLS kinds).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (TLS kinds).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are checked against; asks clients for one.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Use the client certificate's Common Name as the user name.
+    #[serde(default)]
+    pub cn_as_username: bool,
+    /// WebSocket path (ws, wss).
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+    /// Whether anonymous clients may connect here; overrides the top-level setting.
+    pub allow_anonymous: Option<bool>,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".to_owned()
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind`.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        ListenerConfig {
+            kind: ListenerKind::Tcp,
+            bind: Some(bind),
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: false,
+            cn_as_username: false,
+            path: default_ws_path(),
+            allow_anonymous: None,
+        }
+    }
+
+    /// The address to bind.
+    pub fn address(&self) -> SocketAddr {
+        self.bind
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.kind.default_port())))
+    }
 }
 
 /// `[limits]`: see [`Limits`] for what each means.
@@ -52,6 +137,18 @@ pub struct LimitsConfig {
     pub max_inflight: u16,
     pub max_connections: usize,
     pub max_session_expiry: u32,
+    pub max_subscriptions_per_client: usize,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+    /// Connections at once from one IP address; 0: no limit.
+    pub max_connections_per_address: usize,
+    /// PUBLISH packets a client may send per second; 0: no limit. Excess is throttled by
+    /// not reading its socket.
+    pub max_message_rate: u32,
+    /// Bytes a client may send per second; 0: no limit. Throttled the same way.
+    pub max_bandwidth: u64,
 }
 
 /// `[sys]`: the `$SYS/broker/...` topics.
@@ -67,9 +164,12 @@ impl Default for Config {
         Config {
             log_level: "info".into(),
             data_dir: PathBuf::from("tern-data"),
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            }],
+            users_file: None,
+            allow_anonymous: None,
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
         }
@@ -94,6 +194,13 @@ impl Default for LimitsConfig {
             max_inflight: l.max_inflight,
             max_connections: l.max_connections,
             max_session_expiry: l.max_session_expiry,
+            max_subscriptions_per_client: l.max_subscriptions_per_client,
+            max_topic_length: l.max_topic_length,
+            max_topic_levels: l.max_topic_levels,
+            connect_timeout: 10,
+            max_connections_per_address: 1000,
+            max_message_rate: 0,
+            max_bandwidth: 0,
         }
     }
 }
@@ -157,6 +264,20 @@ impl Config {
         if l.max_queued_messages == 0 {
             return bad("max_queued_messages", "must be at least 1");
         }
+        if l.connect_timeout == 0 {
+            return bad("connect_timeout", "must be at least 1 second");
+        }
+        for listener in &self.listeners {
+            if listener.kind.is_tls() && (listener.cert.is_none() || listener.key.is_none()) {
+                return bad("kind", "a tls or wss listener needs `cert` and `key` files");
+            }
+            if listener.require_client_cert && listener.client_ca.is_none() {
+                return bad("require_client_cert", "needs `client_ca`");
+            }
+            if !listener.path.starts_with('/') {
+                return bad("path", "must start with /");
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad(
                 "log_level",
@@ -184,7 +305,17 @@ impl Config {
             max_inflight: l.max_inflight,
             max_connections: l.max_connections,
             max_session_expiry: l.max_session_expiry,
+            max_subscriptions_per_client: l.max_subscriptions_per_client,
+            max_topic_length: l.max_topic_length,
+            max_topic_levels: l.max_topic_levels,
         }
+    }
+
+    /// The users and permissions file.
+    pub fn users_path(&self) -> PathBuf {
+        self.users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("users.toml"))
     }
 }
 
@@ -255,7 +386,7 @@ mod tests {
         let c =
             Config::parse("[[listener]]\nbind = \"0.0.0.0:1884\"\n[limits]\nmax_inflight = 5\n")
                 .unwrap();
-        assert_eq!(c.listeners[0].bind.port(), 1884);
+        assert_eq!(c.listeners[0].address().port(), 1884);
         assert_eq!(c.broker_limits().max_inflight, 5);
     }
 }

@@ -1,39 +1,97 @@
 //! One client connection: read, decode, hand to the broker, write what it answers.
+//!
+//! Also where the abuse limits that need the clock live: the CONNECT deadline, the delay on
+//! logins from addresses that failed before, and per-client message and byte rates (excess is
+//! throttled by not reading the socket, so nothing piles up in memory).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::{Broker, Close, Connection, End};
+use tern_broker::{Broker, Close, Connection, End, Origin};
 use tern_proto::{decode, Packet, ReasonCode};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
+use crate::access::FileAccess;
 use crate::now;
-
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::transport::Transport;
 
 /// A deadline far enough away to never come (keep alive 0).
 const NO_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-pub(crate) async fn serve(
-    broker: Arc<Broker>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conn = Connection::new(broker.clone(), peer.to_string());
-    let mut stream = stream;
-    // Buffers grow only when a client sends or is sent something, and the read chunk lives on
-    // the stack only while reading: an idle connection keeps little more than its task.
+/// What a connection task needs besides its stream.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) broker: Arc<Broker>,
+    /// The users file, when access is decided by it (for failed-login delays).
+    pub(crate) users: Option<Arc<FileAccess>>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_message_rate: u32,
+    pub(crate) max_bandwidth: u64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A token bucket per client: messages and bytes per second, a second's worth of burst.
+struct Throttle {
+    rate_msgs: f64,
+    rate_bytes: f64,
+    msgs: f64,
+    bytes: f64,
+    refilled: Instant,
+}
+
+impl Throttle {
+    fn new(ctx: &Context) -> Option<Throttle> {
+        if ctx.max_message_rate == 0 && ctx.max_bandwidth == 0 {
+            return None;
+        }
+        let rate = |r: f64| if r == 0.0 { f64::INFINITY } else { r };
+        let (m, b) = (
+            rate(f64::from(ctx.max_message_rate)),
+            rate(ctx.max_bandwidth as f64),
+        );
+        Some(Throttle {
+            rate_msgs: m,
+            rate_bytes: b,
+            msgs: m,
+            bytes: b,
+            refilled: Instant::now(),
+        })
+    }
+
+    /// Spends what a read consumed; returns how long to stop reading to pay it back.
+    fn spend(&mut self, msgs: usize, bytes: usize) -> Option<Duration> {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.msgs = (self.msgs + dt * self.rate_msgs).min(self.rate_msgs) - msgs as f64;
+        self.bytes = (self.bytes + dt * self.rate_bytes).min(self.rate_bytes) - bytes as f64;
+        let wait = (-self.msgs / self.rate_msgs).max(-self.bytes / self.rate_bytes);
+        (wait > 0.0).then(|| Duration::from_secs_f64(wait))
+    }
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Wake,
+    Deadline,
+    Shutdown,
+    ThrottleOver,
+}
+
+pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin, ip: IpAddr) {
+    let broker = ctx.broker.clone();
+    let mut shutdown = ctx.shutdown.clone();
+    let mut conn = Connection::new(broker.clone(), origin);
+    // Buffers grow only when a client sends or is sent something.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut deadline = Instant::now() + ctx.connect_timeout;
+    let mut throttle = Throttle::new(&ctx);
+    let mut throttled_until: Option<Instant> = None;
 
     let end = loop {
         let session = conn.session().cloned();
@@ -43,31 +101,53 @@ pub(crate) async fn serve(
                 None => std::future::pending().await,
             }
         };
-        let step = tokio::select! {
-            ready = stream.readable() => match ready.and_then(|()| read_available(&stream, &mut input)) {
-                Ok(Read::Nothing) => Ok(()),
-                Ok(Read::Eof) | Err(_) => Err(End::Lost),
-                Ok(Read::Data(n)) => {
-                    broker.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                    let step = handle_input(&mut conn, &mut input, &mut out);
-                    // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
-                    // it off [MQTT-3.1.2-10]. Before CONNECT the connect timeout stands.
-                    if conn.session().is_some() {
-                        deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
-                    }
-                    step
+        let reading = throttled_until.is_none();
+        let event = tokio::select! {
+            r = transport.read_into(&mut input), if reading => Event::Read(r),
+            _ = wake => Event::Wake,
+            _ = sleep_until(deadline) => Event::Deadline,
+            _ = sleep_until(throttled_until.unwrap_or(deadline)), if !reading => Event::ThrottleOver,
+            _ = shutdown.changed() => Event::Shutdown,
+        };
+        let step = match event {
+            Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
+            Event::Read(Ok(n)) => {
+                broker
+                    .stats
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                let (step, publishes) =
+                    handle_input(&ctx, ip, &mut conn, &mut input, &mut out).await;
+                // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
+                // it off [MQTT-3.1.2-10]. Before CONNECT the connect deadline stands.
+                if conn.session().is_some() {
+                    deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
                 }
-            },
-            _ = wake => conn.flush(now(), &mut out).map_err(|c| closed(&mut conn, c, &mut out)),
-            _ = sleep_until(deadline) => {
+                if let Some(wait) = throttle.as_mut().and_then(|t| t.spend(publishes, n)) {
+                    throttled_until = Some(Instant::now() + wait);
+                }
+                step
+            }
+            Event::ThrottleOver => {
+                throttled_until = None;
+                Ok(())
+            }
+            Event::Wake => conn
+                .flush(now(), &mut out)
+                .map_err(|c| closed(&mut conn, c, &mut out)),
+            Event::Deadline => {
                 // [MQTT-3.1.2-24] silent for 1.5 times the keep alive, or no CONNECT in time.
                 let close = match conn.session() {
-                    Some(_) => Close::new(ReasonCode::KEEP_ALIVE_TIMEOUT).because("no packet for 1.5 times the keep alive"),
-                    None => Close::new(ReasonCode::MAXIMUM_CONNECT_TIME).because("no CONNECT in time"),
+                    Some(_) => Close::new(ReasonCode::KEEP_ALIVE_TIMEOUT)
+                        .because("no packet for 1.5 times the keep alive"),
+                    None => {
+                        debug!(%ip, "no CONNECT in time");
+                        Close::new(ReasonCode::MAXIMUM_CONNECT_TIME).because("no CONNECT in time")
+                    }
                 };
                 Err(closed(&mut conn, close, &mut out))
             }
-            _ = shutdown.changed() => {
+            Event::Shutdown => {
                 conn.close(&Close::new(ReasonCode::SERVER_SHUTTING_DOWN), &mut out);
                 Err(End::Shutdown)
             }
@@ -77,7 +157,7 @@ pub(crate) async fn serve(
                 .stats
                 .bytes_sent
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if stream.write_all(&out).await.is_err() {
+            if transport.write_all(&out).await.is_err() {
                 break End::Lost;
             }
             out.clear();
@@ -85,11 +165,15 @@ pub(crate) async fn serve(
                 out.shrink_to(4096);
             }
         }
+        if input.is_empty() && input.capacity() > 0 {
+            // Nothing pending: give the buffer back so an idle client costs nothing here.
+            input = Vec::new();
+        }
         if let Err(end) = step {
             break end;
         }
     };
-    let _ = stream.shutdown().await;
+    transport.shutdown().await;
     if let Some(will) = conn.end(end, now()) {
         let broker = broker.clone();
         tokio::spawn(async move {
@@ -99,56 +183,37 @@ pub(crate) async fn serve(
     }
 }
 
-/// What a non-blocking read found.
-enum Read {
-    Data(usize),
-    Eof,
-    Nothing,
-}
-
-/// Reads what the socket has, up to 64 KiB so one busy client cannot starve its task's other
-/// duties, appending to `input`.
-fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> std::io::Result<Read> {
-    let mut chunk = [0u8; 4096];
-    let mut total = 0;
-    loop {
-        match stream.try_read(&mut chunk) {
-            // End of stream: handle what came with it first; the next read sees the end again.
-            Ok(0) if total > 0 => return Ok(Read::Data(total)),
-            Ok(0) => return Ok(Read::Eof),
-            Ok(n) => {
-                input.extend_from_slice(&chunk[..n]);
-                total += n;
-                if total >= 64 * 1024 {
-                    return Ok(Read::Data(total));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Ok(if total > 0 {
-                    Read::Data(total)
-                } else {
-                    Read::Nothing
-                });
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn closed(conn: &mut Connection, close: Close, out: &mut Vec<u8>) -> End {
     conn.close(&close, out);
     End::Closed(close.reason)
 }
 
 /// Decodes and handles every whole packet in `input`, then sends what the session may.
-fn handle_input(conn: &mut Connection, input: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), End> {
+/// Returns the outcome and how many PUBLISH packets were handled (for the throttle).
+async fn handle_input(
+    ctx: &Context,
+    ip: IpAddr,
+    conn: &mut Connection,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> (Result<(), End>, usize) {
     let mut used_total = 0;
+    let mut publishes = 0;
     let result = loop {
         match decode(&input[used_total..], conn.version(), conn.max_packet_size()) {
             Ok(Some((packet, used))) => {
                 used_total += used;
                 let disconnect = match packet {
                     Packet::Disconnect(d) => Some(d.reason),
+                    Packet::Publish(_) => {
+                        publishes += 1;
+                        None
+                    }
+                    Packet::Connect(c) if conn.session().is_none() => {
+                        let credentials = conn.credentials(&c);
+                        authenticate(ctx, ip, conn, credentials).await;
+                        None
+                    }
                     _ => None,
                 };
                 if let Err(close) = conn.handle(packet, now(), out) {
@@ -167,9 +232,34 @@ fn handle_input(conn: &mut Connection, input: &mut Vec<u8>, out: &mut Vec<u8>) -
         }
     };
     input.drain(..used_total);
-    if input.capacity() > 64 * 1024 && input.len() < 4096 {
-        input.shrink_to(4096);
+    let result = result.and_then(|()| conn.flush(now(), out).map_err(|c| closed(conn, c, out)));
+    (result, publishes)
+}
+
+/// Authenticates a CONNECT away from the async workers (password hashing is slow on
+/// purpose), after holding logins from an address with recent failures for a while.
+async fn authenticate(
+    ctx: &Context,
+    ip: IpAddr,
+    conn: &mut Connection,
+    credentials: tern_broker::Credentials,
+) {
+    if let Some(users) = &ctx.users {
+        let delay = users.login_delay(ip);
+        if !delay.is_zero() {
+            debug!(%ip, ?delay, "holding a login from an address with recent failures");
+            tokio::time::sleep(delay).await;
+        }
     }
-    result?;
-    conn.flush(now(), out).map_err(|c| closed(conn, c, out))
+    let broker = ctx.broker.clone();
+    let outcome = tokio::task::spawn_blocking(move || broker.access.authenticate(&credentials))
+        .await
+        .unwrap_or(Err(ReasonCode::SERVER_UNAVAILABLE));
+    if let Some(users) = &ctx.users {
+        let failed = outcome
+            .as_ref()
+            .is_err_and(|c| *c == ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        users.record_login(ip, !failed);
+    }
+    conn.set_authentication(outcome);
 }

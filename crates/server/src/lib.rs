@@ -1,31 +1,50 @@
-//! The running tern broker: binds listeners, runs one task per connection, and keeps the
-//! timers (keep alive, will delay, session expiry, `$SYS`).
+//! The running tern broker: binds listeners (TCP, TLS, WebSocket, WebSocket over TLS), runs
+//! one task per connection, and keeps the timers (keep alive, will delay, session expiry,
+//! `$SYS`, reloading certificates and users).
 //!
-//! Owns sockets and the clock; the protocol decisions are `tern-broker`'s. Structure follows
-//! a listener / connection-handler split: [`Server::start`] binds and spawns, `conn.rs` drives
-//! one client, `sys.rs` publishes the broker's own figures.
+//! Owns sockets, files and the clock; the protocol decisions are `tern-broker`'s. Structure
+//! follows a listener / connection-handler split: [`Server::start`] binds and spawns,
+//! `conn.rs` drives one client, `transport.rs` hides how its bytes travel, `access.rs` reads
+//! users and permissions, `tls.rs` certificates, `sys.rs` publishes the broker's own figures.
 
+pub mod access;
+pub mod certs;
 pub mod config;
 mod conn;
 mod sys;
+pub mod tls;
+mod transport;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_broker::Broker;
-use tokio::net::TcpListener;
+use tern_broker::{AccessControl, Broker, Origin};
+use tern_proto::ReasonCode;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use tracing::{debug, info, warn};
+
+use crate::access::FileAccess;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::conn::Context;
+use crate::tls::ReloadableCert;
+use crate::transport::Transport;
 
 pub use config::{Config, ConfigError};
 
-/// A broker that is running: its listeners' addresses and the means to stop it.
+/// A broker that is running: its listeners' addresses and the means to reload and stop it.
 pub struct Server {
     /// The broker state, for inspection.
     pub broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
+    certs: Vec<Arc<ReloadableCert>>,
+    users: Option<Arc<FileAccess>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -35,30 +54,119 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// How often certificate and users files are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A listener, ready to accept.
+struct Listening {
+    kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
+    path: String,
+    loopback: bool,
+    allow_anonymous: Option<bool>,
+    cn_as_username: bool,
+}
+
+/// Open connections per address, for the per-address limit.
+#[derive(Default)]
+struct AddressCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address until dropped.
+struct Counted {
+    counts: Arc<AddressCounts>,
+    ip: IpAddr,
+}
+
+impl AddressCounts {
+    fn add(self: &Arc<Self>, ip: IpAddr) -> (Counted, usize) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        *n += 1;
+        (
+            Counted {
+                counts: self.clone(),
+                ip,
+            },
+            *n,
+        )
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn startup_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
 impl Server {
-    /// Binds every listener of `config` and starts serving. Port 0 binds a free port;
-    /// [`Server::local_addrs`] says which.
+    /// Binds every listener of `config` and starts serving, with users and permissions from
+    /// the users file. Port 0 binds a free port; [`Server::local_addrs`] says which.
     pub async fn start(config: &Config) -> std::io::Result<Server> {
-        Server::start_with_access(config, Box::new(tern_broker::AllowAll)).await
+        let users = FileAccess::open(&config.users_path()).map_err(startup_error)?;
+        if users.has_users() {
+            info!(file = %config.users_path().display(), "users and permissions loaded");
+        }
+        Server::run(config, users.clone(), Some(users)).await
     }
 
     /// Like [`Server::start`], with `access` deciding who may connect, publish and subscribe.
     pub async fn start_with_access(
         config: &Config,
-        access: Box<dyn tern_broker::AccessControl>,
+        access: Box<dyn AccessControl>,
+    ) -> std::io::Result<Server> {
+        Server::run(config, Arc::from(access), None).await
+    }
+
+    async fn run(
+        config: &Config,
+        access: Arc<dyn AccessControl>,
+        users: Option<Arc<FileAccess>>,
     ) -> std::io::Result<Server> {
         let broker = Broker::with_access(config.broker_limits(), access, now());
         let (shutdown, _) = watch::channel(false);
+        let limits = &config.limits;
+        let ctx = Context {
+            broker: broker.clone(),
+            users: users.clone(),
+            connect_timeout: Duration::from_secs(limits.connect_timeout),
+            max_message_rate: limits.max_message_rate,
+            max_bandwidth: limits.max_bandwidth,
+            shutdown: shutdown.subscribe(),
+        };
+        let counts = Arc::new(AddressCounts::default());
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
+        let mut certs = Vec::new();
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.bind).await?;
+            let listening = prepare(l, config, &mut certs)?;
+            let listener = TcpListener::bind(l.address()).await?;
             let addr = listener.local_addr()?;
-            info!(%addr, "listening for MQTT over TCP");
+            info!(%addr, kind = ?l.kind, "listening");
             addrs.push(addr);
-            tasks.spawn(accept_loop(listener, broker.clone(), shutdown.subscribe()));
+            tasks.spawn(accept_loop(
+                listener,
+                Arc::new(listening),
+                ctx.clone(),
+                counts.clone(),
+                limits.max_connections_per_address,
+            ));
         }
         tasks.spawn(expiry_loop(broker.clone(), shutdown.subscribe()));
+        tasks.spawn(watch_files(
+            certs.clone(),
+            users.clone(),
+            shutdown.subscribe(),
+        ));
         if config.sys.interval > 0 {
             tasks.spawn(sys::publish_loop(
                 broker.clone(),
@@ -69,6 +177,8 @@ impl Server {
         Ok(Server {
             broker,
             addrs,
+            certs,
+            users,
             shutdown,
             tasks,
         })
@@ -84,6 +194,17 @@ impl Server {
         &self.addrs
     }
 
+    /// Reads certificates and the users file again (what SIGHUP does). New connections get
+    /// the new certificate; existing sessions get the new rules on their next operation.
+    pub fn reload(&self) {
+        for cert in &self.certs {
+            cert.reload();
+        }
+        if let Some(users) = &self.users {
+            users.reload();
+        }
+    }
+
     /// Stops accepting, tells MQTT 5 clients the server is shutting down, closes every
     /// connection and waits for the tasks to end.
     pub async fn shutdown(mut self) {
@@ -92,18 +213,45 @@ impl Server {
     }
 }
 
+fn prepare(
+    l: &ListenerConfig,
+    config: &Config,
+    certs: &mut Vec<Arc<ReloadableCert>>,
+) -> std::io::Result<Listening> {
+    let tls = if l.kind.is_tls() {
+        let (acceptor, cert) = tls::acceptor(l).map_err(startup_error)?;
+        certs.push(cert);
+        Some(acceptor)
+    } else {
+        None
+    };
+    Ok(Listening {
+        kind: l.kind,
+        tls,
+        path: l.path.clone(),
+        loopback: l.address().ip().is_loopback(),
+        allow_anonymous: l.allow_anonymous.or(config.allow_anonymous),
+        cn_as_username: l.cn_as_username,
+    })
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
+    listening: Arc<Listening>,
+    ctx: Context,
+    counts: Arc<AddressCounts>,
+    per_address: usize,
 ) {
+    let mut shutdown = ctx.shutdown.clone();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(conn::serve(broker.clone(), stream, peer, shutdown.clone()));
+                    let (counted, open) = counts.add(peer.ip());
+                    let refusal = (per_address > 0 && open > per_address).then_some(ReasonCode::QUOTA_EXCEEDED);
+                    connections.spawn(open_connection(ctx.clone(), listening.clone(), stream, peer, refusal, counted));
                 }
                 // Out of file descriptors and the like: wait a little rather than spin.
                 Err(e) => {
@@ -118,6 +266,110 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// Completes the TLS and WebSocket handshakes (within the CONNECT deadline), then serves.
+async fn open_connection(
+    ctx: Context,
+    listening: Arc<Listening>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusal: Option<ReasonCode>,
+    _counted: Counted,
+) {
+    let handshake = establish(&listening, stream);
+    let (transport, certificate_name) =
+        match tokio::time::timeout(ctx.connect_timeout, handshake).await {
+            Ok(Ok(established)) => established,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "handshake not completed in time");
+                return;
+            }
+        };
+    let origin = Origin {
+        peer: peer.to_string(),
+        loopback: listening.loopback,
+        allow_anonymous: listening.allow_anonymous,
+        certificate_name: certificate_name.filter(|_| listening.cn_as_username),
+        refusal,
+    };
+    conn::serve(ctx, transport, origin, peer.ip()).await;
+}
+
+async fn establish(
+    listening: &Listening,
+    stream: TcpStream,
+) -> std::io::Result<(Transport, Option<String>)> {
+    let ws = |e: tokio_tungstenite::tungstenite::Error| std::io::Error::other(e);
+    let path = listening.path.clone();
+    match (listening.kind, &listening.tls) {
+        (ListenerKind::Tcp, _) => Ok((Transport::Tcp(stream), None)),
+        (ListenerKind::Ws, _) => {
+            let socket = tokio_tungstenite::accept_hdr_async(stream, websocket_check(path))
+                .await
+                .map_err(ws)?;
+            Ok((Transport::Ws(Box::new(socket)), None))
+        }
+        (ListenerKind::Tls, Some(acceptor)) => {
+            let stream = acceptor.accept(stream).await?;
+            let name = client_name(&stream);
+            Ok((Transport::Tls(Box::new(stream)), name))
+        }
+        (ListenerKind::Wss, Some(acceptor)) => {
+            let stream = acceptor.accept(stream).await?;
+            let name = client_name(&stream);
+            let socket = tokio_tungstenite::accept_hdr_async(stream, websocket_check(path))
+                .await
+                .map_err(ws)?;
+            Ok((Transport::Wss(Box::new(socket)), name))
+        }
+        (ListenerKind::Tls | ListenerKind::Wss, None) => {
+            Err(std::io::Error::other("TLS listener without a certificate"))
+        }
+    }
+}
+
+/// The Common Name of the client's certificate, if it sent one (already verified by rustls).
+fn client_name(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+    let (_, session) = stream.get_ref();
+    session
+        .peer_certificates()?
+        .first()
+        .and_then(tls::common_name)
+}
+
+/// Accepts the WebSocket upgrade on `path` only, and agrees on the `mqtt` subprotocol when the
+/// client offers it (browsers refuse a connection whose offered subprotocol is not echoed).
+// The callback's shape, a large error response included, is tungstenite's.
+#[allow(clippy::result_large_err)]
+fn websocket_check(
+    path: String,
+) -> impl FnOnce(&Request, Response) -> Result<Response, ErrorResponse> {
+    move |request: &Request, mut response: Response| {
+        if request.uri().path() != path {
+            let mut refusal = ErrorResponse::new(Some(format!("MQTT is served on {path}")));
+            *refusal.status_mut() = http::StatusCode::NOT_FOUND;
+            return Err(refusal);
+        }
+        let offers_mqtt = request
+            .headers()
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == "mqtt");
+        if offers_mqtt {
+            response.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static("mqtt"),
+            );
+        }
+        Ok(response)
+    }
+}
+
 /// Removes sessions whose expiry interval has run out while disconnected.
 async fn expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -127,6 +379,28 @@ async fn expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
                 let n = broker.expire_sessions(now());
                 if n > 0 {
                     info!(sessions = n, "expired sessions removed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Reloads certificates and the users file when they change on disk.
+async fn watch_files(
+    certs: Vec<Arc<ReloadableCert>>,
+    users: Option<Arc<FileAccess>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for cert in &certs {
+                    cert.reload_if_changed();
+                }
+                if let Some(users) = &users {
+                    users.reload_if_changed();
                 }
             }
             _ = shutdown.changed() => return,

@@ -12,7 +12,6 @@ use tern_proto::{
 };
 use tracing::info;
 
-use crate::access::Credentials;
 use crate::connection::{send, Attached, Close, Connection};
 use crate::handle::deliver;
 use crate::session::Session;
@@ -24,38 +23,71 @@ pub(crate) fn handle_connect(
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
     let version = c.version;
-    let refuse = |out: &mut Vec<u8>, code: ReasonCode| {
+    let peer = conn.origin.peer.clone();
+    let refuse = |out: &mut Vec<u8>, code: ReasonCode, why: &str| {
+        // Each refusal says its own reason, in the log and to MQTT 5 clients, so that a
+        // connection limit never looks like a password error.
+        info!(client_id = %c.client_id, %peer, reason = %code, why, "connection refused");
+        let properties = Properties {
+            reason_string: version.is_v5().then_some(why),
+            ..Properties::default()
+        };
         let connack = ConnAck {
             session_present: false,
             code,
-            properties: Properties::default(),
+            properties,
         };
         send(out, &Packet::ConnAck(connack), version);
-        Err(Close::new(code))
+        Err(Close::new(code).because(why.to_owned()))
     };
+    if let Some(code) = conn.origin.refusal {
+        return refuse(out, code, "too many connections from this address");
+    }
     if conn.broker.stats.clients_connected.load(Ordering::Relaxed)
         >= conn.broker.limits.max_connections
     {
-        return refuse(out, ReasonCode::SERVER_BUSY);
+        return refuse(
+            out,
+            ReasonCode::SERVER_BUSY,
+            "the broker has reached its connection limit",
+        );
     }
     // Enhanced authentication (AUTH) is not offered: a method the broker does not know is
     // refused [MQTT-4.12.0-1].
     if c.properties.authentication_method.is_some() {
-        return refuse(out, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        return refuse(
+            out,
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not offered",
+        );
     }
     let (client_id, assigned) = match assign_client_id(&c) {
         Ok(id) => id,
-        Err(code) => return refuse(out, code),
+        Err(code) => return refuse(out, code, "this client identifier cannot be used"),
     };
-    let credentials = Credentials {
-        client_id: &client_id,
-        username: c.username,
-        password: c.password,
-        peer: &conn.peer,
+    let authenticated = match conn.authentication.take() {
+        Some(result) => result,
+        None => conn.broker.access.authenticate(&conn.credentials(&c)),
     };
-    if let Err(code) = conn.broker.access.authenticate(&credentials) {
-        info!(client_id = %client_id, peer = %conn.peer, reason = %code, "connection refused");
-        return refuse(out, code);
+    let identity = match authenticated {
+        Ok(identity) => identity,
+        Err(code) if code == ReasonCode::BAD_USER_NAME_OR_PASSWORD => {
+            return refuse(out, code, "bad user name or password");
+        }
+        Err(code) => return refuse(out, code, "not authorized to connect"),
+    };
+    if let Some(w) = &c.will {
+        if !conn.broker.access.may_publish(
+            &client_id,
+            identity.username.as_deref(),
+            w.topic.as_str(),
+        ) {
+            return refuse(
+                out,
+                ReasonCode::NOT_AUTHORIZED,
+                "not authorized to publish the will's topic",
+            );
+        }
     }
     let keep_alive = server_keep_alive(conn, c.keep_alive);
     let expiry = session_expiry(conn, &c);
@@ -68,7 +100,7 @@ pub(crate) fn handle_connect(
                     .unwrap_or(0),
             )
         }),
-        Err(_) => return refuse(out, ReasonCode::MALFORMED_PACKET),
+        Err(_) => return refuse(out, ReasonCode::MALFORMED_PACKET, "the will cannot be kept"),
     };
     let (session, session_present) =
         take_over_or_create_session(conn, &client_id, c.clean_start, version, expiry, now);
@@ -111,12 +143,12 @@ pub(crate) fn handle_connect(
     stats
         .clients_maximum
         .fetch_max(connected, Ordering::Relaxed);
-    info!(client_id = %client_id, peer = %conn.peer, %version, clean_start = c.clean_start, keep_alive, "client connected");
+    info!(client_id = %client_id, peer = %conn.origin.peer, %version, clean_start = c.clean_start, keep_alive, "client connected");
     conn.attached = Some(Attached {
         session,
         version,
         client_id,
-        username: c.username.map(Arc::from),
+        username: identity.username,
         keep_alive,
         client_receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),

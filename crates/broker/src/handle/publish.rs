@@ -25,6 +25,10 @@ pub(crate) fn handle_publish(
         .fetch_add(1, Ordering::Relaxed);
     check_allowed(broker, &p)?;
     let topic = resolve_topic(broker, a, &p)?;
+    if !super::subscribe::within_topic_limits(broker, &topic) {
+        return Err(Close::new(ReasonCode::TOPIC_NAME_INVALID)
+            .because("topic longer or deeper than the broker allows"));
+    }
     let packet_id = p.packet_id;
 
     if p.qos == QoS::ExactlyOnce {

@@ -80,6 +80,7 @@ fn subscribe_one(
         options,
         id,
         share: shared.then(|| Arc::from(sub.filter.as_str())),
+        username: a.username.clone(),
     };
     let is_new = broker.tree_mut().insert(sub.filter, subscriber);
     debug!(client_id = %a.client_id, filter = %sub.filter, qos = options.qos as u8, "subscribed");
@@ -97,7 +98,13 @@ fn subscribe_one(
             RetainHandling::DoNotSend => false,
         };
     if send_retained {
-        for message in broker.retained_matching(sub.filter, now) {
+        let matching = broker.retained_matching(sub.filter, now);
+        let readable = matching.into_iter().filter(|m| {
+            broker
+                .access
+                .may_receive(&a.client_id, a.username.as_deref(), &m.topic)
+        });
+        for message in readable {
             let qos = message.qos.min(options.qos);
             // Retained messages sent on subscribe keep RETAIN set [MQTT-3.3.1-9].
             retained.push(Outgoing {
@@ -145,4 +152,10 @@ pub(crate) fn handle_unsubscribe(
     };
     send(out, &Packet::UnsubAck(unsuback), a.version);
     Ok(())
+}
+
+/// Whether a topic or filter is within the broker's length and depth limits.
+pub(crate) fn within_topic_limits(broker: &Broker, topic: &str) -> bool {
+    let limits = &broker.limits;
+    topic.len() <= limits.max_topic_length && topic.split('/').count() <= limits.max_topic_levels
 }

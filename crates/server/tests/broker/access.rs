@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tern_broker::{AccessControl, Credentials};
+use tern_broker::{AccessControl, Credentials, Identity};
 use tern_proto::{Packet, ProtocolVersion::*, QoS, ReasonCode};
 
 use crate::client::{connect, publish, TestBroker};
@@ -12,9 +12,11 @@ use crate::client::{connect, publish, TestBroker};
 struct Rules;
 
 impl AccessControl for Rules {
-    fn authenticate(&self, c: &Credentials<'_>) -> Result<(), ReasonCode> {
-        match (c.username, c.password) {
-            (Some("alice"), Some(b"secret")) => Ok(()),
+    fn authenticate(&self, c: &Credentials) -> Result<Identity, ReasonCode> {
+        match (c.username.as_deref(), c.password.as_deref()) {
+            (Some("alice"), Some(b"secret")) => Ok(Identity {
+                username: Some("alice".into()),
+            }),
             (Some(_), _) => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
             (None, _) => Err(ReasonCode::NOT_AUTHORIZED),
         }
@@ -25,19 +27,26 @@ impl AccessControl for Rules {
     fn may_subscribe(&self, _: &str, _: Option<&str>, filter: &str) -> bool {
         !filter.starts_with("private/")
     }
+    fn may_receive(&self, _: &str, _: Option<&str>, _: &str) -> bool {
+        true
+    }
 }
 
 async fn guarded() -> TestBroker {
     let mut config = tern_server::Config::default();
-    config.listeners = vec![tern_server::config::ListenerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-    }];
+    config.listeners = vec![tern_server::config::ListenerConfig::tcp(
+        "127.0.0.1:0".parse().unwrap(),
+    )];
     config.sys.interval = 0;
     let server = tern_server::Server::start_with_access(&config, Box::new(Rules))
         .await
         .unwrap();
     let addr = server.local_addrs()[0];
-    TestBroker { server, addr }
+    TestBroker {
+        server,
+        addr,
+        _dir: tempfile::tempdir().unwrap(),
+    }
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct TestBroker {
     pub server: Server,
     pub addr: SocketAddr,
+    /// The broker's data directory, removed when the test ends.
+    pub _dir: tempfile::TempDir,
 }
 
 impl TestBroker {
@@ -28,14 +30,20 @@ impl TestBroker {
 
     /// A broker with extra configuration on top of a test listener on port 0.
     pub async fn with_config(toml: &str) -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
         let mut config = Config::parse(toml).unwrap();
-        config.listeners = vec![tern_server::config::ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-        }];
+        config.data_dir = dir.path().to_owned();
+        config.listeners = vec![tern_server::config::ListenerConfig::tcp(
+            "127.0.0.1:0".parse().unwrap(),
+        )];
         config.sys.interval = 0;
         let server = Server::start(&config).await.unwrap();
         let addr = server.local_addrs()[0];
-        TestBroker { server, addr }
+        TestBroker {
+            server,
+            addr,
+            _dir: dir,
+        }
     }
 
     pub async fn raw(&self, version: ProtocolVersion) -> Raw {

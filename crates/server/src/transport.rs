@@ -1,0 +1,122 @@
+//! The byte streams MQTT arrives on: TCP, TLS, WebSocket and WebSocket over TLS, behind one
+//! read/write interface for the connection task.
+
+use std::io;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A client's stream.
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
+}
+
+/// Largest read in one turn, so one busy client cannot starve its task's other duties.
+const READ_TURN: usize = 64 * 1024;
+
+impl Transport {
+    /// Waits for bytes and appends them to `input`; `Ok(0)` at the end of the stream.
+    pub(crate) async fn read_into(&mut self, input: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => loop {
+                // Wait for readiness first and read into a stack buffer after, so an idle
+                // connection holds no read buffer at all.
+                s.readable().await?;
+                match read_available(s, input) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            Transport::Tls(s) => {
+                input.reserve(4096);
+                s.read_buf(input).await
+            }
+            Transport::Ws(ws) => read_ws(ws, input).await,
+            Transport::Wss(ws) => read_ws(ws, input).await,
+        }
+    }
+
+    /// Writes all of `data` (one WebSocket binary message on WebSocket transports).
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.write_all(data).await,
+            Transport::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Transport::Ws(ws) => ws
+                .send(Message::binary(data.to_vec()))
+                .await
+                .map_err(io::Error::other),
+            Transport::Wss(ws) => ws
+                .send(Message::binary(data.to_vec()))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Closes the stream politely, where the protocol has a way to.
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = match self {
+            Transport::Tcp(s) => s.shutdown().await,
+            Transport::Tls(s) => s.shutdown().await,
+            Transport::Ws(ws) => ws.close(None).await.map_err(io::Error::other),
+            Transport::Wss(ws) => ws.close(None).await.map_err(io::Error::other),
+        };
+    }
+}
+
+/// Reads what a TCP socket has without waiting. `WouldBlock` if it had nothing.
+fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        match stream.try_read(&mut chunk) {
+            // End of stream: hand over what came with it first; the next read sees the end.
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                input.extend_from_slice(&chunk[..n]);
+                total += n;
+                if total >= READ_TURN {
+                    return Ok(total);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// MQTT over WebSocket travels in binary messages, which need not align with packets.
+async fn read_ws<S>(ws: &mut WebSocketStream<S>, input: &mut Vec<u8>) -> io::Result<usize>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(data))) if data.is_empty() => continue,
+            Some(Ok(Message::Binary(data))) => {
+                input.extend_from_slice(&data);
+                return Ok(data.len());
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(0),
+            // Pings are answered by the WebSocket layer itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            // MQTT over WebSocket is binary only.
+            Some(Ok(Message::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "text WebSocket message",
+                ));
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        }
+    }
+}
