@@ -16,21 +16,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TERN = Path(os.environ.get("TERN_BIN", ROOT / "target" / "debug" / "tern"))
 LISTENING = re.compile(r"listening addr=127\.0\.0\.1:(\d+) kind=Tcp")
+LISTENERS = re.compile(r"listening addr=127\.0\.0\.1:(\d+) kind=(\w+)")
 
 
 class Broker:
     """A tern broker process. `start()` binds port 0 the first time and the same port after."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, config=None):
         self.port = 0
         self.proc = None
+        self.config = config
+        self.ports = {}
         self.log_path = tmp_path / "broker.log"
         self.data_dir = tmp_path / "data"
 
     def start(self):
         log = open(self.log_path, "a")
+        if self.config:
+            # The configuration's listeners (port 0 each); `ports` maps kind to port.
+            args = ["--config", str(self.config)]
+        else:
+            args = ["--listen", f"127.0.0.1:{self.port}"]
         self.proc = subprocess.Popen(
-            [str(TERN), "broker", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), "--log-level", "debug"],
+            [str(TERN), "broker", *args, "--data-dir", str(self.data_dir), "--log-level", "debug"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -40,6 +48,9 @@ class Broker:
             if m and (self.port == 0 or int(m.group(1)) == self.port) and self._listening_count() > self._starts:
                 self.port = int(m.group(1))
                 self._starts += 1
+                if self.config:
+                    time.sleep(0.2)  # every listener logs within the same start-up
+                    self.ports = {k.lower(): int(p) for p, k in LISTENERS.findall(self.log_path.read_text())}
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tern broker exited: {self.log_path.read_text()}")
@@ -81,3 +92,90 @@ def wait_for(predicate, timeout=10.0, what="condition"):
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def tern(*args, stdin=None):
+    """Runs a `tern` subcommand; returns its stdout."""
+    run = subprocess.run([str(TERN), *args], input=stdin, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+SECURE_CONFIG = """
+connect_timeout_placeholder = 0
+[[listener]]
+bind = "127.0.0.1:0"
+
+[[listener]]
+kind = "tls"
+bind = "127.0.0.1:0"
+cert = "{certs}/server.pem"
+key = "{certs}/server.key"
+
+[[listener]]
+kind = "ws"
+bind = "127.0.0.1:0"
+
+[[listener]]
+kind = "wss"
+bind = "127.0.0.1:0"
+cert = "{certs}/server.pem"
+key = "{certs}/server.key"
+
+[limits]
+connect_timeout = 2
+max_connections_per_address = 50
+"""
+
+USERS = """
+rules = [{ deny = "subscribe", topic = "secret/#" }]
+
+[[user]]
+name = "alice"
+password = "{alice}"
+rules = [
+  { allow = "both", topic = "home/%u/#" },
+  { allow = "subscribe", topic = "$SYS/#" },
+  { allow = "both", topic = "shared/#" },
+]
+
+[[user]]
+name = "bob"
+password = "{bob}"
+rules = [
+  { allow = "subscribe", topic = "#" },
+  { allow = "both", topic = "shared/#" },
+  { allow = "publish", topic = "secret/#" },
+]
+
+[[client]]
+id = "pico-1"
+rules = [{ allow = "publish", topic = "devices/%c/out" }]
+"""
+
+
+@pytest.fixture
+def secure(tmp_path):
+    """A broker with TLS, WebSocket and users: alice (home/alice/#, $SYS, shared/#), bob
+    (subscribe everything, publish shared/# and secret/#), nobody may subscribe secret/#.
+    Yields (broker, certs_dir)."""
+    certs = tmp_path / "certs"
+    tern("cert", "localhost", "127.0.0.1", "--dir", str(certs))
+    data = tmp_path / "data"
+    data.mkdir()
+    tern("user", "add", "alice", "--password-stdin", "--data-dir", str(data), stdin="alice-pw\n")
+    tern("user", "add", "bob", "--password-stdin", "--data-dir", str(data), stdin="bob-pw\n")
+    hashes = {}
+    for line in (data / "users.toml").read_text().splitlines():
+        if line.startswith("name = "):
+            name = line.split('"')[1]
+        if line.startswith("password = "):
+            hashes[name] = line.split('"')[1]
+    (data / "users.toml").write_text(USERS.replace("{alice}", hashes["alice"]).replace("{bob}", hashes["bob"]))
+    config = tmp_path / "tern.toml"
+    config.write_text(SECURE_CONFIG.replace("connect_timeout_placeholder = 0\n", "").format(certs=certs))
+    b = Broker(tmp_path, config=config)
+    b.data_dir = data
+    b.start()
+    yield b, certs
+    b.stop()

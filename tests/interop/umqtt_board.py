@@ -13,6 +13,7 @@
 """
 
 import socket
+import ssl
 import struct
 import time
 
@@ -128,7 +129,7 @@ class MQTTClient:
         """Reads one packet. Returns None for nothing/PINGRESP, else the packet's first byte."""
         try:
             res = self.sock.recv(1)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             return None
         finally:
             self.sock.setblocking(True)

@@ -33,8 +33,11 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct CertArgs {
     /// Host names and IP addresses clients will connect to (e.g. broker.local 192.168.1.10).
-    #[arg(required = true, value_name = "NAME")]
+    #[arg(required_unless_present = "client", value_name = "NAME")]
     names: Vec<String>,
+    /// Instead: issue a client certificate with this Common Name, signed by the CA in --dir.
+    #[arg(long, value_name = "NAME")]
+    client: Option<String>,
     /// Where to write the files.
     #[arg(long, value_name = "DIR", default_value = "tern-data/certs")]
     dir: PathBuf,
@@ -123,6 +126,21 @@ fn main() -> ExitCode {
 }
 
 fn cert(args: CertArgs) -> ExitCode {
+    if let Some(name) = &args.client {
+        return match tern_server::certs::create_client(&args.dir, name, args.days) {
+            Ok((cert, key)) => {
+                println!("client certificate: {}", cert.display());
+                println!("client key:         {}", key.display());
+                println!();
+                println!("Clients: --cert {} --key {}", cert.display(), key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tern cert: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match tern_server::certs::create(&args.dir, &args.names, args.days) {
         Ok(files) => {
             println!("CA certificate:      {}", files.ca_cert.display());

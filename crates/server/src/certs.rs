@@ -84,6 +84,46 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() - time::Duration::hours(1)
 }
 
+/// Issues a client certificate whose Common Name is `name`, signed by the CA in `dir` (which
+/// `create` made), for listeners with `client_ca` and `cn_as_username`. Returns the
+/// certificate and key paths.
+pub fn create_client(dir: &Path, name: &str, days: u32) -> Result<(PathBuf, PathBuf), String> {
+    let err = |e: rcgen::Error| e.to_string();
+    let ca_pem = fs::read_to_string(dir.join("ca.pem"))
+        .map_err(|e| format!("{}: {e} (run `tern cert` first)", dir.display()))?;
+    let ca_key =
+        KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key")).map_err(|e| e.to_string())?)
+            .map_err(err)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(err)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    let now = time_now();
+    params.not_before = now;
+    params.not_after = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (cert_path, key_path) = (
+        dir.join(format!("client-{safe}.pem")),
+        dir.join(format!("client-{safe}.key")),
+    );
+    write_secret(&key_path, &key.serialize_pem())?;
+    fs::write(&cert_path, cert.pem()).map_err(|e| e.to_string())?;
+    Ok((cert_path, key_path))
+}
+
 /// Writes a private key readable by its owner only.
 fn write_secret(path: &Path, pem: &str) -> Result<(), String> {
     fs::write(path, pem).map_err(|e| format!("{}: {e}", path.display()))?;

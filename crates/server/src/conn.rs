@@ -62,14 +62,32 @@ impl Throttle {
         })
     }
 
-    /// Spends what a read consumed; returns how long to stop reading to pay it back.
-    fn spend(&mut self, msgs: usize, bytes: usize) -> Option<Duration> {
+    fn refill(&mut self) {
         let now = Instant::now();
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
-        self.msgs = (self.msgs + dt * self.rate_msgs).min(self.rate_msgs) - msgs as f64;
-        self.bytes = (self.bytes + dt * self.rate_bytes).min(self.rate_bytes) - bytes as f64;
-        let wait = (-self.msgs / self.rate_msgs).max(-self.bytes / self.rate_bytes);
+        self.msgs = (self.msgs + dt * self.rate_msgs).min(self.rate_msgs);
+        self.bytes = (self.bytes + dt * self.rate_bytes).min(self.rate_bytes);
+    }
+
+    /// PUBLISH packets the client may send now.
+    fn allowance(&mut self) -> usize {
+        self.refill();
+        if self.msgs.is_infinite() {
+            usize::MAX
+        } else {
+            self.msgs.max(0.0) as usize
+        }
+    }
+
+    /// Spends what was handled; returns how long to stop reading (and handling) to pay it
+    /// back, or to earn the next message when `starved`.
+    fn spend(&mut self, msgs: usize, bytes: usize, starved: bool) -> Option<Duration> {
+        self.refill();
+        self.msgs -= msgs as f64;
+        self.bytes -= bytes as f64;
+        let need_msgs = if starved { 1.0 - self.msgs } else { -self.msgs };
+        let wait = (need_msgs / self.rate_msgs).max(-self.bytes / self.rate_bytes);
         (wait > 0.0).then(|| Duration::from_secs_f64(wait))
     }
 }
@@ -111,26 +129,34 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
         };
         let step = match event {
             Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
-            Event::Read(Ok(n)) => {
+            Event::Read(Ok(_)) | Event::ThrottleOver => {
+                let n = match event {
+                    Event::Read(Ok(n)) => n,
+                    _ => 0,
+                };
+                throttled_until = None;
                 broker
                     .stats
                     .bytes_received
                     .fetch_add(n as u64, Ordering::Relaxed);
+                let allowance = throttle.as_mut().map_or(usize::MAX, Throttle::allowance);
                 let (step, publishes) =
-                    handle_input(&ctx, ip, &mut conn, &mut input, &mut out).await;
+                    handle_input(&ctx, ip, &mut conn, &mut input, &mut out, allowance).await;
                 // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
                 // it off [MQTT-3.1.2-10]. Before CONNECT the connect deadline stands.
                 if conn.session().is_some() {
                     deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
                 }
-                if let Some(wait) = throttle.as_mut().and_then(|t| t.spend(publishes, n)) {
+                // Packets left in the buffer wait for the allowance; the socket is not read
+                // meanwhile, so TCP pushes back on the client.
+                let starved = publishes >= allowance && !input.is_empty();
+                if let Some(wait) = throttle
+                    .as_mut()
+                    .and_then(|t| t.spend(publishes, n, starved))
+                {
                     throttled_until = Some(Instant::now() + wait);
                 }
                 step
-            }
-            Event::ThrottleOver => {
-                throttled_until = None;
-                Ok(())
             }
             Event::Wake => conn
                 .flush(now(), &mut out)
@@ -196,10 +222,14 @@ async fn handle_input(
     conn: &mut Connection,
     input: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    allowance: usize,
 ) -> (Result<(), End>, usize) {
     let mut used_total = 0;
     let mut publishes = 0;
     let result = loop {
+        if publishes >= allowance {
+            break Ok(());
+        }
         match decode(&input[used_total..], conn.version(), conn.max_packet_size()) {
             Ok(Some((packet, used))) => {
                 used_total += used;
