@@ -216,6 +216,16 @@ def test_denied_topics(secure, version, denied):
     bob.publish("secret/plans", b"hidden", qos=1).wait_for_publish(10)
     bob.publish("shared/open", b"visible", qos=1).wait_for_publish(10)
     wait_for(lambda: ("shared/open", b"visible") in bob_got, what="the visible message")
+    # Retained messages obey the rules too: a later `#` subscriber does not get secret/ ones.
+    bob.publish("secret/kept", b"hidden", qos=1, retain=True).wait_for_publish(10)
+    bob.publish("shared/kept", b"shown", qos=1, retain=True).wait_for_publish(10)
+    late, late_got = paho(broker, "bob", "bob-pw", version, "bob-late")
+    assert subscribe_codes(late, "#") == [1]
+    wait_for(lambda: late_got, what="the retained message")
+    time.sleep(0.2)
+    assert [t for t, _ in late_got] == ["shared/kept"]
+    late.disconnect()
+    late.loop_stop()
     assert ("home/alice/x", b"hers") in bob_got
     assert all(t not in ("home/bob/x", "secret/plans") for t, _ in bob_got)
     for c in (alice, bob):
@@ -282,6 +292,25 @@ def test_rules_reload_while_connected(secure):
     assert subscribe_codes(alice, "garden/#") == [1]
     alice.disconnect()
     alice.loop_stop()
+
+
+def test_rules_reload_when_the_file_changes(secure):
+    # No signal: the broker notices the file changed (checked every 2 s).
+    broker, _ = secure
+    users = broker.data_dir / "users.toml"
+    users.write_text(users.read_text() + '\n[[client]]\nid = "watched"\nrules = []\n')
+    wait_for(lambda: "users and permissions reloaded" in broker.log(), timeout=15, what="the reload")
+
+
+def test_tls13_with_p256_only_as_embedded_tls_speaks(secure):
+    # embedded-tls on Rust boards: TLS 1.3, AES-GCM, key share secp256r1 only.
+    broker, certs = secure
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_ecdh_curve("prime256v1")
+    with ctx.wrap_socket(CREATE_CONNECTION(("127.0.0.1", broker.ports["tls"]), timeout=10), server_hostname="localhost") as s:
+        assert s.version() == "TLSv1.3"
+        assert "AES" in s.cipher()[0]
 
 
 def peer_cert(port, ca):
@@ -361,11 +390,12 @@ def test_connections_per_address_limit(tmp_path):
         b.stop()
 
 
-def test_message_rate_is_throttled(tmp_path):
+@pytest.mark.parametrize("limit", ["max_message_rate = 20", "max_bandwidth = 2000"])
+def test_message_rate_and_bandwidth_are_throttled(tmp_path, limit):
     from conftest import Broker
 
     config = tmp_path / "tern.toml"
-    config.write_text('[[listener]]\nbind = "127.0.0.1:0"\n[limits]\nmax_message_rate = 20\n')
+    config.write_text(f'[[listener]]\nbind = "127.0.0.1:0"\n[limits]\n{limit}\n')
     b = Broker(tmp_path, config=config).start()
     try:
         got = []
@@ -380,9 +410,10 @@ def test_message_rate_is_throttled(tmp_path):
         flood.loop_start()
         start = time.monotonic()
         for i in range(60):
-            flood.publish("rate", str(i), qos=0)
+            flood.publish("rate", b"%03d" % i + b"x" * 97, qos=0)
         wait_for(lambda: len(got) == 60, timeout=30, what="all 60 messages")
-        # 60 messages at 20 per second, after a one-second burst: at least two seconds.
+        # 60 messages at 20 per second (or 6,600 bytes at 2,000 per second), after a
+        # one-second burst: at least two seconds, and nothing lost.
         assert got[-1] - start >= 1.9
         for c in (sub, flood):
             c.disconnect()

@@ -70,13 +70,19 @@ impl Throttle {
         self.bytes = (self.bytes + dt * self.rate_bytes).min(self.rate_bytes);
     }
 
-    /// PUBLISH packets the client may send now.
-    fn allowance(&mut self) -> usize {
+    /// PUBLISH packets and bytes the client may send now.
+    fn allowance(&mut self) -> Allowance {
         self.refill();
-        if self.msgs.is_infinite() {
-            usize::MAX
-        } else {
-            self.msgs.max(0.0) as usize
+        let whole = |v: f64| {
+            if v.is_infinite() {
+                usize::MAX
+            } else {
+                v.max(0.0) as usize
+            }
+        };
+        Allowance {
+            publishes: whole(self.msgs),
+            bytes: whole(self.bytes),
         }
     }
 
@@ -86,10 +92,34 @@ impl Throttle {
         self.refill();
         self.msgs -= msgs as f64;
         self.bytes -= bytes as f64;
-        let need_msgs = if starved { 1.0 - self.msgs } else { -self.msgs };
-        let wait = (need_msgs / self.rate_msgs).max(-self.bytes / self.rate_bytes);
+        // Starved: wait until the next packet can go; otherwise until the debt is paid.
+        let floor = if starved { 1.0 } else { 0.0 };
+        let wait =
+            ((floor - self.msgs) / self.rate_msgs).max((floor - self.bytes) / self.rate_bytes);
         (wait > 0.0).then(|| Duration::from_secs_f64(wait))
     }
+}
+
+/// What the throttle lets a client's packets consume in one turn.
+#[derive(Clone, Copy)]
+struct Allowance {
+    publishes: usize,
+    bytes: usize,
+}
+
+impl Allowance {
+    const UNLIMITED: Allowance = Allowance {
+        publishes: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
+/// What one turn of handling consumed.
+struct Handled {
+    publishes: usize,
+    bytes: usize,
+    /// Packets are left because the allowance ran out.
+    starved: bool,
 }
 
 enum Event {
@@ -139,8 +169,10 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                     .stats
                     .bytes_received
                     .fetch_add(n as u64, Ordering::Relaxed);
-                let allowance = throttle.as_mut().map_or(usize::MAX, Throttle::allowance);
-                let (step, publishes) =
+                let allowance = throttle
+                    .as_mut()
+                    .map_or(Allowance::UNLIMITED, Throttle::allowance);
+                let (step, handled) =
                     handle_input(&ctx, ip, &mut conn, &mut input, &mut out, allowance).await;
                 // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
                 // it off [MQTT-3.1.2-10]. Before CONNECT the connect deadline stands.
@@ -149,11 +181,10 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                 }
                 // Packets left in the buffer wait for the allowance; the socket is not read
                 // meanwhile, so TCP pushes back on the client.
-                let starved = publishes >= allowance && !input.is_empty();
-                if let Some(wait) = throttle
+                let spent = throttle
                     .as_mut()
-                    .and_then(|t| t.spend(publishes, n, starved))
-                {
+                    .and_then(|t| t.spend(handled.publishes, handled.bytes, handled.starved));
+                if let Some(wait) = spent {
                     throttled_until = Some(Instant::now() + wait);
                 }
                 step
@@ -215,19 +246,21 @@ fn closed(conn: &mut Connection, close: Close, out: &mut Vec<u8>) -> End {
 }
 
 /// Decodes and handles every whole packet in `input`, then sends what the session may.
-/// Returns the outcome and how many PUBLISH packets were handled (for the throttle).
+/// Returns the outcome and what was consumed (for the throttle).
 async fn handle_input(
     ctx: &Context,
     ip: IpAddr,
     conn: &mut Connection,
     input: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    allowance: usize,
-) -> (Result<(), End>, usize) {
+    allowance: Allowance,
+) -> (Result<(), End>, Handled) {
     let mut used_total = 0;
     let mut publishes = 0;
+    let mut starved = false;
     let result = loop {
-        if publishes >= allowance {
+        if publishes >= allowance.publishes || used_total >= allowance.bytes {
+            starved = used_total < input.len();
             break Ok(());
         }
         match decode(&input[used_total..], conn.version(), conn.max_packet_size()) {
@@ -263,7 +296,14 @@ async fn handle_input(
     };
     input.drain(..used_total);
     let result = result.and_then(|()| conn.flush(now(), out).map_err(|c| closed(conn, c, out)));
-    (result, publishes)
+    (
+        result,
+        Handled {
+            publishes,
+            bytes: used_total,
+            starved,
+        },
+    )
 }
 
 /// Authenticates a CONNECT away from the async workers (password hashing is slow on

@@ -66,11 +66,23 @@ fn subscribe_one(
     if sub.filter.has_wildcards() && !limits.wildcard_subscriptions {
         return ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
     }
+    if !within_topic_limits(broker, sub.filter.as_str()) {
+        return ReasonCode::TOPIC_FILTER_INVALID;
+    }
     if !broker
         .access
         .may_subscribe(&a.client_id, a.username.as_deref(), sub.filter.as_str())
     {
         return ReasonCode::NOT_AUTHORIZED;
+    }
+    {
+        let state = a.session.lock();
+        let max = limits.max_subscriptions_per_client;
+        if !state.subscriptions.contains_key(sub.filter.as_str())
+            && state.subscriptions.len() >= max
+        {
+            return ReasonCode::QUOTA_EXCEEDED;
+        }
     }
     let mut options = sub.options;
     // Section 3.9.3: the broker may grant less than asked, never more than its Maximum QoS.

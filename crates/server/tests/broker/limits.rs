@@ -104,3 +104,41 @@ async fn queue_is_bounded_in_bytes_too() {
     }
     stuck.expect_silence(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn subscriptions_per_client_are_limited() {
+    // max_subscriptions_per_client: SUBACK 0x97 (Quota exceeded) beyond it; 3.1.1 gets 0x80.
+    let broker = TestBroker::with_config("[limits]\nmax_subscriptions_per_client = 2\n").await;
+    let mut c = broker.connect(V5, "many").await;
+    c.subscribe("a", QoS::AtMostOnce, 1).await;
+    c.subscribe("b", QoS::AtMostOnce, 2).await;
+    c.subscribe("a", QoS::AtLeastOnce, 3).await; // replacing one is not a new one
+    let opts = tern_proto::SubscriptionOptions::new(QoS::AtMostOnce);
+    c.subscribe_with("c", opts, 4, 0x97).await;
+    let mut old = broker.connect(V3_1_1, "old").await;
+    old.subscribe("a", QoS::AtMostOnce, 1).await;
+    old.subscribe("b", QoS::AtMostOnce, 2).await;
+    old.subscribe_with("c", opts, 3, 0x80).await;
+}
+
+#[tokio::test]
+async fn topics_beyond_the_length_and_depth_limits_are_refused() {
+    // max_topic_levels / max_topic_length: a deeper filter gets SUBACK 0x8F, a deeper topic
+    // closes the connection with 0x90.
+    let broker =
+        TestBroker::with_config("[limits]\nmax_topic_levels = 3\nmax_topic_length = 20\n").await;
+    let mut c = broker.connect(V5, "deep").await;
+    let opts = tern_proto::SubscriptionOptions::new(QoS::AtMostOnce);
+    c.subscribe_with("a/b/c/d", opts, 1, 0x8f).await;
+    c.subscribe_with("aaaaaaaaaaaaaaaaaaaaaaaa", opts, 2, 0x8f)
+        .await;
+    c.subscribe("a/b/c", QoS::AtMostOnce, 3).await;
+    c.send(&Packet::Publish(publish(
+        "a/b/c/d",
+        b"x",
+        QoS::AtMostOnce,
+        0,
+    )))
+    .await;
+    c.expect_disconnect(0x90).await;
+}
