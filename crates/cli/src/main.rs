@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod pubsub;
+
 use clap::{Parser, Subcommand};
 use tern_server::{Config, Server};
 use tracing::{error, info};
@@ -26,6 +28,10 @@ enum Command {
     Cert(CertArgs),
     /// Manage users and their passwords in the users file.
     User(UserArgs),
+    /// Publish a message (flags as mosquitto_pub: -h -p -t -m -q -r -u -P -i -V --cafile -f -l -s -n).
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages (flags as mosquitto_sub: -t -q -v -C -W, and -F json).
+    Sub(pubsub::SubArgs),
     /// Print the version and the protocol versions tern speaks.
     Version,
 }
@@ -122,6 +128,8 @@ fn main() -> ExitCode {
         Command::Broker(args) => broker(args),
         Command::Cert(args) => cert(args),
         Command::User(args) => user(args),
+        Command::Pub(args) => pubsub::publish(args),
+        Command::Sub(args) => pubsub::subscribe(args),
     }
 }
 

@@ -592,7 +592,13 @@ impl Connection {
 }
 
 /// A QoS 1/2 publication kept until acknowledged: topic, payload, QoS, retain, and who waits.
-type Unacknowledged = (String, Vec<u8>, QoS, bool, oneshot::Sender<Result<ReasonCode, ClientError>>);
+type Unacknowledged = (
+    String,
+    Vec<u8>,
+    QoS,
+    bool,
+    oneshot::Sender<Result<ReasonCode, ClientError>>,
+);
 
 /// What the task remembers of requests in flight.
 struct Pending {
