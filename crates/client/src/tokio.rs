@@ -6,36 +6,7 @@
 //! requests made while it is away wait in a bounded queue. This is what `umqtt.robust` does
 //! on the boards, done better: it also pings on time and keeps subscriptions.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), tern_client::tokio::ClientError> {
-//! use tern_client::tokio::{connect, Config, Event};
-//! use tern_client::QoS;
-//!
-//! // The tutorial's publisher: a reading every second.
-//! let config = Config::new("mqtts://pico-pub:secret@broker.example.org:8883").robust();
-//! let (client, _events) = connect(config).await?;
-//! for reading in 0.. {
-//!     client.publish("Topic", format!("{reading}"), QoS::AtLeastOnce, false).await?;
-//!     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), tern_client::tokio::ClientError> {
-//! use tern_client::tokio::{connect, Config, Event};
-//! use tern_client::QoS;
-//!
-//! // The tutorial's subscriber: a callback per message, as each arrives.
-//! let (client, mut events) = connect(Config::new("mqtts://pico-sub:secret@broker.example.org").robust()).await?;
-//! client.subscribe("Topic", QoS::AtLeastOnce).await?;
-//! while let Some(event) = events.recv().await {
-//!     if let Event::Message(m) = event {
-//!         println!("{}: {}", m.topic, String::from_utf8_lossy(&m.payload));
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
+//! See the crate documentation for the tutorial's two programs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

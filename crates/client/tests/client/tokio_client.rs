@@ -182,3 +182,42 @@ fn urls() {
     assert!(Config::parse("http://h").is_err());
     assert_eq!(Config::new("localhost").port, 1883);
 }
+
+#[tokio::test]
+async fn tls_and_websockets_against_tern() {
+    // The client's TLS (with a given CA file), WebSocket and WebSocket over TLS transports.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tern_server::certs::create(&certs, &["localhost".into(), "127.0.0.1".into()], 30).unwrap();
+    let toml = format!(
+        "[[listener]]\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\n\
+         [[listener]]\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\n",
+        c = certs.display()
+    );
+    let mut config = tern_server::Config::parse(&toml).unwrap();
+    config.data_dir = dir.path().to_owned();
+    config.allow_anonymous = Some(true);
+    config.sys.interval = 0;
+    let server = tern_server::Server::start(&config).await.unwrap();
+    let ports: Vec<u16> = server.local_addrs().iter().map(|a| a.port()).collect();
+    for (scheme, port) in [("mqtts", ports[0]), ("ws", ports[1]), ("wss", ports[2])] {
+        let mut c = Config::parse(&format!("{scheme}://localhost:{port}/mqtt")).unwrap();
+        c.ca_file = Some(certs.join("ca.pem"));
+        c.client_id = format!("c-{scheme}");
+        let (client, mut events) = connect(c).await.unwrap_or_else(|e| panic!("{scheme}: {e}"));
+        client.subscribe("secure", QoS::AtLeastOnce).await.unwrap();
+        client
+            .publish(
+                "secure",
+                scheme.as_bytes().to_vec(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut events).await.payload, scheme.as_bytes());
+        client.disconnect().await.unwrap();
+    }
+    server.shutdown().await;
+}
