@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tern_client::tokio::{connect, Config, Event, Message, Transport};
+use tern_client::tokio::{connect, Client, Config, Event, Events, Message, Transport};
 use tern_client::{ProtocolVersion, QoS};
 use tern_proto::PropertyContext;
 
@@ -205,18 +205,7 @@ pub(crate) fn publish(args: PubArgs) -> ExitCode {
     } else {
         return fail("no message: give -m, -f, -l, -s or -n", 2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e, 1),
-    };
-    runtime.block_on(async move {
-        let (client, _events) = match connect(config).await {
-            Ok(c) => c,
-            Err(e) => return fail(e, 1),
-        };
+    run(config, |client, _events| async move {
         let send = |payload: Vec<u8>| {
             let client = client.clone();
             let topic = topic.clone();
@@ -270,18 +259,7 @@ pub(crate) fn subscribe(args: SubArgs) -> ExitCode {
         "json" => true,
         other => return fail(format!("unknown format {other}: use plain or json"), 2),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e, 1),
-    };
-    runtime.block_on(async move {
-        let (client, mut events) = match connect(config).await {
-            Ok(c) => c,
-            Err(e) => return fail(e, 1),
-        };
+    run(config, |client, mut events| async move {
         for filter in &filters {
             match client.subscribe(filter, qos).await {
                 Ok(code) if code.is_success() => {}
@@ -332,6 +310,28 @@ pub(crate) fn subscribe(args: SubArgs) -> ExitCode {
                 Some(_) => {}
                 None => return ExitCode::from(1),
             }
+        }
+    })
+}
+
+/// Connects on a single-threaded runtime and runs `body` with the connection; a failure to
+/// connect is exit code 1.
+fn run<F, Fut>(config: Config, body: F) -> ExitCode
+where
+    F: FnOnce(Client, Events) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e, 1),
+    };
+    runtime.block_on(async move {
+        match connect(config).await {
+            Ok((client, events)) => body(client, events).await,
+            Err(e) => fail(e, 1),
         }
     })
 }

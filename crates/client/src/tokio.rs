@@ -679,25 +679,15 @@ async fn resume(
         out.extend_from_slice(&buf[..n]);
     } else {
         let old: Vec<_> = pending.publishes.drain().map(|(_, v)| v).collect();
-        for (topic, payload, qos, retain, done) in old {
-            let need = payload.len() + topic.len() + 64;
-            if buf.len() < need {
-                buf.resize(need, 0);
-            }
-            let (n, id) = conn
-                .protocol
-                .publish(&topic, &payload, qos, retain, now, &mut buf)?;
-            out.extend_from_slice(&buf[..n]);
-            match id {
-                Some(id) => {
-                    pending
-                        .publishes
-                        .insert(id.get(), (topic, payload, qos, retain, done));
-                }
-                None => {
-                    let _ = done.send(Ok(ReasonCode::SUCCESS));
-                }
-            }
+        for message in old {
+            send_publish(
+                &mut conn.protocol,
+                pending,
+                message,
+                now,
+                &mut buf,
+                &mut out,
+            );
         }
     }
     let subscriptions = pending.subscriptions.clone();
@@ -714,6 +704,38 @@ async fn resume(
         stream.write_all(&out).await.map_err(io)?;
     }
     Ok(())
+}
+
+/// Encodes a publication into `out`: a QoS 1/2 one is kept until acknowledged, a QoS 0 one is
+/// done once written; an encoding failure goes back to whoever waits.
+fn send_publish(
+    protocol: &mut Protocol<INFLIGHT>,
+    pending: &mut Pending,
+    message: Unacknowledged,
+    now: u64,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    let (topic, payload, qos, retain, done) = message;
+    let need = payload.len() + topic.len() + 64;
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    match protocol.publish(&topic, &payload, qos, retain, now, buf) {
+        Ok((n, Some(id))) => {
+            out.extend_from_slice(&buf[..n]);
+            pending
+                .publishes
+                .insert(id.get(), (topic, payload, qos, retain, done));
+        }
+        Ok((n, None)) => {
+            out.extend_from_slice(&buf[..n]);
+            let _ = done.send(Ok(ReasonCode::SUCCESS));
+        }
+        Err(e) => {
+            let _ = done.send(Err(e.into()));
+        }
+    }
 }
 
 /// Runs one connection until it fails (returning why) or the client disconnects (`None`).
@@ -803,31 +825,15 @@ async fn serve(
                     retain,
                     done,
                 } => {
-                    let need = payload.len() + topic.len() + 64;
-                    if buf.len() < need {
-                        buf.resize(need, 0);
-                    }
-                    match conn
-                        .protocol
-                        .publish(&topic, &payload, qos, retain, now, &mut buf)
-                    {
-                        Ok((n, id)) => {
-                            out.extend_from_slice(&buf[..n]);
-                            match id {
-                                Some(id) => {
-                                    pending
-                                        .publishes
-                                        .insert(id.get(), (topic, payload, qos, retain, done));
-                                }
-                                None => {
-                                    let _ = done.send(Ok(ReasonCode::SUCCESS));
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let _ = done.send(Err(e.into()));
-                        }
-                    }
+                    let message = (topic, payload, qos, retain, done);
+                    send_publish(
+                        &mut conn.protocol,
+                        pending,
+                        message,
+                        now,
+                        &mut buf,
+                        &mut out,
+                    );
                 }
                 Request::Subscribe { filter, qos, done } => {
                     let Ok(f) = TopicFilter::new(&filter) else {
