@@ -101,14 +101,14 @@ def test_over_tls_with_cafile_and_url(secure):
     port = str(broker.ports["tls"])
     ca = str(certs / "ca.pem")
     s = subprocess.Popen(
-        [str(TERN), "sub", "-h", "localhost", "-p", port, "--cafile", ca, "-u", "alice", "-P", "alice-pw", "-i", "tls-sub", "-t", "home/alice/#", "-v", "-C", "1"],
+        [str(TERN), "sub", "-h", "localhost", "-p", port, "--cafile", ca, "-u", "alice", "-P", "alice-pw", "-i", "tls-sub", "-t", "shared/#", "-v", "-C", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_for(lambda: subscribed(broker, "tls-sub"), what="subscriber")
-    run = tern("pub", "-L", f"mqtts://alice:alice-pw@localhost:{port}/home/alice/cli", "--cafile", ca, "-m", "over tls")
+    run = tern("pub", "-L", f"mqtts://alice:alice-pw@localhost:{port}/shared/cli", "--cafile", ca, "-m", "over tls")
     assert run.returncode == 0, run.stderr
     out, err = s.communicate(timeout=30)
-    assert out.strip() == "home/alice/cli over tls", err
+    assert out.strip() == "shared/cli over tls", err
     # A wrong password is refused, exit 1.
-    run = tern("pub", "-L", f"mqtts://alice:wrong@localhost:{port}/home/alice/cli", "--cafile", ca, "-m", "x")
+    run = tern("pub", "-L", f"mqtts://alice:wrong@localhost:{port}/shared/cli", "--cafile", ca, "-m", "x")
     assert run.returncode == 1 and "refused" in run.stderr

@@ -178,32 +178,54 @@ impl Default for Config {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        let l = Limits::default();
-        LimitsConfig {
-            max_packet_size: l.max_packet_size,
-            receive_maximum: l.receive_maximum,
-            topic_alias_maximum: l.topic_alias_maximum,
-            max_keep_alive: l.max_keep_alive,
-            maximum_qos: l.maximum_qos as u8,
-            retain_available: l.retain_available,
-            wildcard_subscriptions: l.wildcard_subscriptions,
-            shared_subscriptions: l.shared_subscriptions,
-            subscription_identifiers: l.subscription_identifiers,
-            max_queued_messages: l.max_queued_messages,
-            max_queued_bytes: l.max_queued_bytes,
-            max_inflight: l.max_inflight,
-            max_connections: l.max_connections,
-            max_session_expiry: l.max_session_expiry,
-            max_subscriptions_per_client: l.max_subscriptions_per_client,
-            max_topic_length: l.max_topic_length,
-            max_topic_levels: l.max_topic_levels,
-            connect_timeout: 10,
-            max_connections_per_address: 1000,
-            max_message_rate: 0,
-            max_bandwidth: 0,
-        }
+        LimitsConfig::from_broker(&Limits::default())
     }
 }
+
+/// The limits the file and the broker keep under the same name and type, listed once: the
+/// conversions both ways come from this list.
+macro_rules! shared_limits {
+    ($($name:ident),* $(,)?) => {
+        impl LimitsConfig {
+            fn from_broker(l: &Limits) -> Self {
+                LimitsConfig {
+                    maximum_qos: l.maximum_qos as u8,
+                    connect_timeout: 10,
+                    max_connections_per_address: 1000,
+                    max_message_rate: 0,
+                    max_bandwidth: 0,
+                    $($name: l.$name,)*
+                }
+            }
+
+            fn to_broker(&self) -> Limits {
+                Limits {
+                    maximum_qos: QoS::from_u8(self.maximum_qos).unwrap_or(QoS::ExactlyOnce),
+                    $($name: self.$name,)*
+                }
+            }
+        }
+    };
+}
+
+shared_limits!(
+    max_packet_size,
+    receive_maximum,
+    topic_alias_maximum,
+    max_keep_alive,
+    retain_available,
+    wildcard_subscriptions,
+    shared_subscriptions,
+    subscription_identifiers,
+    max_queued_messages,
+    max_queued_bytes,
+    max_inflight,
+    max_connections,
+    max_session_expiry,
+    max_subscriptions_per_client,
+    max_topic_length,
+    max_topic_levels,
+);
 
 impl Default for SysConfig {
     fn default() -> Self {
@@ -289,26 +311,7 @@ impl Config {
 
     /// The broker limits this configuration sets.
     pub fn broker_limits(&self) -> Limits {
-        let l = &self.limits;
-        Limits {
-            max_packet_size: l.max_packet_size,
-            receive_maximum: l.receive_maximum,
-            topic_alias_maximum: l.topic_alias_maximum,
-            max_keep_alive: l.max_keep_alive,
-            maximum_qos: QoS::from_u8(l.maximum_qos).unwrap_or(QoS::ExactlyOnce),
-            retain_available: l.retain_available,
-            wildcard_subscriptions: l.wildcard_subscriptions,
-            shared_subscriptions: l.shared_subscriptions,
-            subscription_identifiers: l.subscription_identifiers,
-            max_queued_messages: l.max_queued_messages,
-            max_queued_bytes: l.max_queued_bytes,
-            max_inflight: l.max_inflight,
-            max_connections: l.max_connections,
-            max_session_expiry: l.max_session_expiry,
-            max_subscriptions_per_client: l.max_subscriptions_per_client,
-            max_topic_length: l.max_topic_length,
-            max_topic_levels: l.max_topic_levels,
-        }
+        self.limits.to_broker()
     }
 
     /// The users and permissions file.
