@@ -32,8 +32,40 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages (flags as mosquitto_sub: -t -q -v -C -W, and -F json).
     Sub(pubsub::SubArgs),
+    /// Load any MQTT broker and count what it delivers: conn, p2p, fanin, fanout.
+    Bench(BenchArgs),
     /// Print the version and the protocol versions tern speaks.
     Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// conn (open and hold connections), p2p (pairs), fanin (many to one), fanout (one to many).
+    scenario: String,
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: std::net::SocketAddr,
+    /// Pairs, publishers, subscribers or connections, by scenario.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    clients: usize,
+    /// QoS 0, 1 or 2.
+    #[arg(short = 'q', long, default_value_t = 0)]
+    qos: u8,
+    /// Payload bytes (at least 16).
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Seconds of publishing.
+    #[arg(short = 'd', long, default_value_t = 10)]
+    duration: u64,
+    /// Messages a publisher may have undelivered at once (closed loop).
+    #[arg(short = 'w', long, default_value_t = 100)]
+    window: u64,
+    /// Protocol version: 311 or 5.
+    #[arg(short = 'V', long, default_value = "311")]
+    protocol_version: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +161,7 @@ fn main() -> ExitCode {
         Command::Cert(args) => cert(args),
         Command::User(args) => user(args),
         Command::Pub(args) => pubsub::publish(args),
+        Command::Bench(args) => bench(args),
         Command::Sub(args) => pubsub::subscribe(args),
     }
 }
@@ -167,6 +200,83 @@ fn cert(args: CertArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tern cert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use tern_bench::{Scenario, Settings};
+    let scenario = match args.scenario.as_str() {
+        "conn" => Scenario::Conn,
+        "p2p" => Scenario::P2p,
+        "fanin" => Scenario::Fanin,
+        "fanout" => Scenario::Fanout,
+        other => {
+            eprintln!("tern bench: unknown scenario {other}: use conn, p2p, fanin or fanout");
+            return ExitCode::from(2);
+        }
+    };
+    let (Ok(qos), Some(version)) = (
+        tern_proto::QoS::from_u8(args.qos),
+        match args.protocol_version.as_str() {
+            "311" => Some(tern_proto::ProtocolVersion::V3_1_1),
+            "5" => Some(tern_proto::ProtocolVersion::V5),
+            _ => None,
+        },
+    ) else {
+        eprintln!("tern bench: QoS is 0, 1 or 2 and the version 311 or 5");
+        return ExitCode::from(2);
+    };
+    let settings = Settings {
+        broker: args.broker,
+        scenario,
+        clients: args.clients.max(1),
+        qos,
+        size: args.size.max(16),
+        duration: std::time::Duration::from_secs(args.duration),
+        window: args.window.max(1),
+        version,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tern_bench::run(settings)) {
+        Ok(r) if args.json => {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            if scenario == Scenario::Conn {
+                println!("connections  per second  CONNACK p50  p99");
+                println!(
+                    "{:>11}  {:>10.0}  {:>8.2} ms  {:.2} ms",
+                    r.connections, r.connect_rate, r.connack_p50_ms, r.connack_p99_ms
+                );
+            } else {
+                println!("published  expected  delivered  lost  duplicated  seconds  delivered/s");
+                println!(
+                    "{:>9}  {:>8}  {:>9}  {:>4}  {:>10}  {:>7.1}  {:>11.0}",
+                    r.published,
+                    r.expected,
+                    r.delivered,
+                    r.lost,
+                    r.duplicated,
+                    r.seconds,
+                    r.delivered_per_second
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern bench: {e}");
             ExitCode::FAILURE
         }
     }

@@ -321,10 +321,16 @@ async fn authenticate(
             tokio::time::sleep(delay).await;
         }
     }
-    let broker = ctx.broker.clone();
-    let outcome = tokio::task::spawn_blocking(move || broker.access.authenticate(&credentials))
-        .await
-        .unwrap_or(Err(ReasonCode::SERVER_UNAVAILABLE));
+    // Only a password can be expensive to check; without one, answering here is cheaper than
+    // a trip to the blocking pool (which would also grow by a thread per concurrent CONNECT).
+    let outcome = if credentials.password.is_none() {
+        ctx.broker.access.authenticate(&credentials)
+    } else {
+        let broker = ctx.broker.clone();
+        tokio::task::spawn_blocking(move || broker.access.authenticate(&credentials))
+            .await
+            .unwrap_or(Err(ReasonCode::SERVER_UNAVAILABLE))
+    };
     if let Some(users) = &ctx.users {
         let failed = outcome
             .as_ref()

@@ -1,0 +1,463 @@
+//! The scenarios and their accounting.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tern_proto::{
+    decode, Ack, Connect, List, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
+    Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Open `clients` connections and hold them.
+    Conn,
+    /// `clients` publisher/subscriber pairs.
+    P2p,
+    /// `clients` publishers, one subscriber to all.
+    Fanin,
+    /// One publisher, `clients` subscribers.
+    Fanout,
+}
+
+/// How to run it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The broker.
+    pub broker: SocketAddr,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Pairs, publishers, subscribers or connections, by scenario.
+    pub clients: usize,
+    /// QoS of publications and subscriptions.
+    pub qos: QoS,
+    /// Payload bytes (at least 16: publisher and sequence numbers).
+    pub size: usize,
+    /// How long to publish.
+    pub duration: Duration,
+    /// Messages a publisher may have undelivered at once.
+    pub window: u64,
+    /// Protocol version.
+    pub version: ProtocolVersion,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: Option<Scenario>,
+    /// Connections opened.
+    pub connections: u64,
+    /// Connections per second while opening them.
+    pub connect_rate: f64,
+    /// Median CONNECT-to-CONNACK time, milliseconds.
+    pub connack_p50_ms: f64,
+    /// 99th percentile CONNECT-to-CONNACK time, milliseconds.
+    pub connack_p99_ms: f64,
+    /// Messages published (acknowledged, for QoS 1/2).
+    pub published: u64,
+    /// Deliveries expected: published times the subscribers each reaches.
+    pub expected: u64,
+    /// Deliveries received, duplicates excluded.
+    pub delivered: u64,
+    /// Expected deliveries that never came.
+    pub lost: u64,
+    /// Deliveries of a message already received.
+    pub duplicated: u64,
+    /// Seconds of publishing.
+    pub seconds: f64,
+    /// Deliveries per second.
+    pub delivered_per_second: f64,
+}
+
+fn encode(packet: &Packet<'_>, version: ProtocolVersion, out: &mut Vec<u8>) {
+    if let Ok(len) = packet.encoded_len(version) {
+        let start = out.len();
+        out.resize(start + len, 0);
+        if packet.encode(version, &mut out[start..]).is_err() {
+            out.truncate(start);
+        }
+    }
+}
+
+/// A raw MQTT connection with a read buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    version: ProtocolVersion,
+}
+
+impl Conn {
+    async fn open(s: &Settings, client_id: &str) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(s.broker).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            version: s.version,
+        };
+        let connect = Connect {
+            version: s.version,
+            clean_start: true,
+            keep_alive: 0,
+            properties: Properties::default(),
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        };
+        let mut out = Vec::new();
+        encode(&Packet::Connect(connect), s.version, &mut out);
+        c.stream.write_all(&out).await?;
+        match c
+            .next(|p| matches!(p, Packet::ConnAck(a) if a.code.is_success()))
+            .await?
+        {
+            true => Ok(c),
+            false => Err(std::io::Error::other("CONNACK refused the connection")),
+        }
+    }
+
+    /// Reads the next packet and gives it to `f`.
+    async fn next<R>(&mut self, f: impl FnOnce(Packet<'_>) -> R) -> std::io::Result<R> {
+        loop {
+            match decode(&self.buf, self.version, u32::MAX) {
+                Ok(Some((packet, used))) => {
+                    let r = f(packet);
+                    self.buf.drain(..used);
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> std::io::Result<()> {
+        let f = TopicFilter::new(filter).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let subs = [Subscription {
+            filter: f,
+            options: SubscriptionOptions::new(qos),
+        }];
+        let id = PacketId::new(1).ok_or_else(|| std::io::Error::other("packet id"))?;
+        let mut out = Vec::new();
+        encode(
+            &Packet::Subscribe(Subscribe {
+                packet_id: id,
+                properties: Properties::default(),
+                subscriptions: List::Items(&subs),
+            }),
+            self.version,
+            &mut out,
+        );
+        self.stream.write_all(&out).await?;
+        while !self.next(|p| matches!(p, Packet::SubAck(_))).await? {}
+        Ok(())
+    }
+}
+
+/// Per publisher: how many it published, and deliveries of its messages seen by subscribers.
+struct Flow {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    progress: Notify,
+}
+
+/// Runs a scenario against the broker and reports.
+pub async fn run(s: Settings) -> std::io::Result<Report> {
+    match s.scenario {
+        Scenario::Conn => connections(&s).await,
+        _ => throughput(&s).await,
+    }
+}
+
+async fn connections(s: &Settings) -> std::io::Result<Report> {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(s.clients);
+    // At most 256 handshakes in flight, as a real fleet reconnecting would.
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    for i in 0..s.clients {
+        let s = s.clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let t = Instant::now();
+            let conn = Conn::open(&s, &format!("bench-conn-{i}")).await.ok()?;
+            Some((t.elapsed(), conn))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(s.clients);
+    let mut held = Vec::with_capacity(s.clients);
+    for t in tasks {
+        if let Ok(Some((latency, conn))) = t.await {
+            latencies.push(latency.as_secs_f64() * 1000.0);
+            held.push(conn);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let report = Report {
+        scenario: Some(Scenario::Conn),
+        connections: held.len() as u64,
+        connect_rate: held.len() as f64 / elapsed,
+        connack_p50_ms: pct(0.5),
+        connack_p99_ms: pct(0.99),
+        ..Report::default()
+    };
+    // Hold them a moment, as the scenario says, then let go.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(held);
+    Ok(report)
+}
+
+async fn throughput(s: &Settings) -> std::io::Result<Report> {
+    let (publishers, subscribers) = match s.scenario {
+        Scenario::P2p => (s.clients, s.clients),
+        Scenario::Fanin => (s.clients, 1),
+        Scenario::Fanout => (1, s.clients),
+        Scenario::Conn => (0, 0),
+    };
+    // How many subscribers each publisher reaches.
+    let reach = |_: usize| -> u64 {
+        match s.scenario {
+            Scenario::P2p | Scenario::Fanin => 1,
+            _ => subscribers as u64,
+        }
+    };
+    let run_id = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+    let topic = |p: usize| format!("bench/{run_id}/{p}");
+    let flows: Arc<Vec<Flow>> = Arc::new(
+        (0..publishers)
+            .map(|_| Flow {
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                progress: Notify::new(),
+            })
+            .collect(),
+    );
+    let lost = Arc::new(AtomicU64::new(0));
+    let duplicated = Arc::new(AtomicU64::new(0));
+
+    // Subscribers first, so that nothing published is missed.
+    let mut sub_conns = Vec::new();
+    for i in 0..subscribers {
+        let mut c = Conn::open(s, &format!("bench-sub-{run_id}-{i}")).await?;
+        match s.scenario {
+            Scenario::P2p => c.subscribe(&topic(i), s.qos).await?,
+            _ => c.subscribe(&format!("bench/{run_id}/+"), s.qos).await?,
+        }
+        sub_conns.push(c);
+    }
+    let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for mut c in sub_conns {
+        let flows = flows.clone();
+        let (lost, duplicated, stop) = (lost.clone(), duplicated.clone(), stop_receiving.clone());
+        receivers.push(tokio::spawn(async move {
+            // Next expected sequence per publisher this subscriber hears.
+            let mut next = vec![0u64; flows.len()];
+            let mut acks = Vec::new();
+            loop {
+                // Quiet for half a second after the publishers stopped: everything is in.
+                let got = match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    c.stream.read_buf(&mut c.buf),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => continue,
+                };
+                if !matches!(got, Ok(n) if n > 0) {
+                    break;
+                }
+                let mut used = 0;
+                while let Ok(Some((packet, n))) = decode(&c.buf[used..], c.version, u32::MAX) {
+                    used += n;
+                    let p = match packet {
+                        Packet::Publish(p) => p,
+                        // QoS 2: the broker releases, the subscriber completes.
+                        Packet::PubRel(a) => {
+                            encode(
+                                &Packet::PubComp(Ack::new(a.packet_id)),
+                                c.version,
+                                &mut acks,
+                            );
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if let Some(id) = p.packet_id {
+                        let ack = match p.qos {
+                            QoS::ExactlyOnce => Packet::PubRec(Ack::new(id)),
+                            _ => Packet::PubAck(Ack::new(id)),
+                        };
+                        encode(&ack, c.version, &mut acks);
+                    }
+                    let (Some(pid), Some(seq)) = (p.payload.get(..8), p.payload.get(8..16)) else {
+                        continue;
+                    };
+                    let publisher = u64::from_be_bytes(pid.try_into().unwrap_or_default()) as usize;
+                    let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
+                    let Some(expected) = next.get_mut(publisher) else {
+                        continue;
+                    };
+                    if seq < *expected {
+                        duplicated.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Skipped sequences are lost; they count as settled for the window so a
+                    // lossy broker cannot stall the closed loop.
+                    let skipped = seq - *expected;
+                    lost.fetch_add(skipped, Ordering::Relaxed);
+                    *expected = seq + 1;
+                    let flow = &flows[publisher];
+                    flow.delivered.fetch_add(1 + skipped, Ordering::Relaxed);
+                    flow.progress.notify_one();
+                }
+                c.buf.drain(..used);
+                if !acks.is_empty() {
+                    if c.stream.write_all(&acks).await.is_err() {
+                        break;
+                    }
+                    acks.clear();
+                }
+            }
+        }));
+    }
+
+    let start = Instant::now();
+    let deadline = start + s.duration;
+    let mut senders = Vec::new();
+    for i in 0..publishers {
+        let mut c = Conn::open(s, &format!("bench-pub-{run_id}-{i}")).await?;
+        let flows = flows.clone();
+        let s = s.clone();
+        let topic = topic(i);
+        let reach = reach(i);
+        senders.push(tokio::spawn(async move {
+            let flow = &flows[i];
+            let mut payload = vec![0u8; s.size.max(16)];
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let name = TopicName::new(&topic).ok()?;
+            let mut out = Vec::with_capacity(64 * 1024);
+            let mut id: u16 = 0;
+            let mut unacked = 0u64;
+            while Instant::now() < deadline {
+                // Closed loop: wait while the window is full.
+                let published = flow.published.load(Ordering::Relaxed);
+                if published * reach >= flow.delivered.load(Ordering::Relaxed) + s.window * reach {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), flow.progress.notified())
+                            .await;
+                    continue;
+                }
+                let room = (s.window * reach + flow.delivered.load(Ordering::Relaxed)
+                    - published * reach)
+                    / reach;
+                for _ in 0..room.min(64) {
+                    let seq = flow.published.load(Ordering::Relaxed);
+                    payload[8..16].copy_from_slice(&seq.to_be_bytes());
+                    id = if id == u16::MAX { 1 } else { id + 1 };
+                    let p = Publish {
+                        dup: false,
+                        qos: s.qos,
+                        retain: false,
+                        topic: name,
+                        packet_id: (s.qos != QoS::AtMostOnce)
+                            .then(|| PacketId::new(id))
+                            .flatten(),
+                        properties: Properties::default(),
+                        payload: &payload,
+                    };
+                    encode(&Packet::Publish(p), s.version, &mut out);
+                    flow.published.fetch_add(1, Ordering::Relaxed);
+                    if s.qos != QoS::AtMostOnce {
+                        unacked += 1;
+                    }
+                }
+                c.stream.write_all(&out).await.ok()?;
+                out.clear();
+                // Take the broker's acknowledgements that have arrived (PUBREC gets PUBREL).
+                while unacked > 0 {
+                    match tokio::time::timeout(
+                        Duration::from_millis(0),
+                        c.stream.read_buf(&mut c.buf),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                    let mut used = 0;
+                    while let Ok(Some((packet, n))) = decode(&c.buf[used..], c.version, u32::MAX) {
+                        used += n;
+                        match packet {
+                            Packet::PubAck(_) | Packet::PubComp(_) => {
+                                unacked = unacked.saturating_sub(1)
+                            }
+                            Packet::PubRec(a) => {
+                                encode(&Packet::PubRel(Ack::new(a.packet_id)), c.version, &mut out)
+                            }
+                            _ => {}
+                        }
+                    }
+                    c.buf.drain(..used);
+                }
+            }
+            Some(())
+        }));
+    }
+    for t in senders {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    // Let the last deliveries arrive; receivers stop once they go quiet.
+    stop_receiving.store(true, Ordering::Relaxed);
+    for r in receivers {
+        let _ = r.await;
+    }
+    let published: u64 = flows
+        .iter()
+        .map(|f| f.published.load(Ordering::Relaxed))
+        .sum();
+    let expected: u64 = (0..publishers)
+        .map(|p| flows[p].published.load(Ordering::Relaxed) * reach(p))
+        .sum();
+    let duplicated = duplicated.load(Ordering::Relaxed);
+    let delivered: u64 = flows
+        .iter()
+        .map(|f| f.delivered.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - lost.load(Ordering::Relaxed);
+    Ok(Report {
+        scenario: Some(s.scenario),
+        connections: (publishers + subscribers) as u64,
+        published,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        duplicated,
+        seconds,
+        delivered_per_second: delivered as f64 / seconds,
+        ..Report::default()
+    })
+}
