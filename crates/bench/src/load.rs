@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+/// QoS 1/2 messages a publisher leaves unacknowledged at most.
+const INFLIGHT: u64 = 20;
+
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -373,6 +376,13 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                 let room = (s.window * reach + flow.delivered.load(Ordering::Relaxed)
                     - published * reach)
                     / reach;
+                // QoS 1/2: no more unacknowledged than any broker accepts (Mosquitto's default
+                // is 20), or a broker that enforces its Receive Maximum would cut us off.
+                let room = if s.qos == QoS::AtMostOnce {
+                    room
+                } else {
+                    room.min(INFLIGHT.saturating_sub(unacked))
+                };
                 for _ in 0..room.min(64) {
                     let seq = flow.published.load(Ordering::Relaxed);
                     payload[8..16].copy_from_slice(&seq.to_be_bytes());
@@ -398,12 +408,13 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                 out.clear();
                 // Take the broker's acknowledgements that have arrived (PUBREC gets PUBREL).
                 while unacked > 0 {
-                    match tokio::time::timeout(
-                        Duration::from_millis(0),
-                        c.stream.read_buf(&mut c.buf),
-                    )
-                    .await
-                    {
+                    // Wait for acknowledgements when the in-flight allowance is used up.
+                    let wait = if unacked >= INFLIGHT {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::ZERO
+                    };
+                    match tokio::time::timeout(wait, c.stream.read_buf(&mut c.buf)).await {
                         Ok(Ok(n)) if n > 0 => {}
                         _ => break,
                     }
@@ -421,6 +432,11 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                         }
                     }
                     c.buf.drain(..used);
+                    // PUBRELs go out at once: the PUBCOMPs that free the allowance wait on them.
+                    if !out.is_empty() {
+                        c.stream.write_all(&out).await.ok()?;
+                        out.clear();
+                    }
                 }
             }
             Some(())
