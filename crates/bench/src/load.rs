@@ -365,17 +365,17 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
             let mut id: u16 = 0;
             let mut unacked = 0u64;
             while Instant::now() < deadline {
-                // Closed loop: wait while the window is full.
+                // Closed loop: wait while the window has no room for a whole message to every
+                // subscriber (waiting, not spinning: the receivers need the threads).
                 let published = flow.published.load(Ordering::Relaxed);
-                if published * reach >= flow.delivered.load(Ordering::Relaxed) + s.window * reach {
+                let settled = flow.delivered.load(Ordering::Relaxed);
+                let room = (s.window * reach + settled).saturating_sub(published * reach) / reach;
+                if room == 0 {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(50), flow.progress.notified())
                             .await;
                     continue;
                 }
-                let room = (s.window * reach + flow.delivered.load(Ordering::Relaxed)
-                    - published * reach)
-                    / reach;
                 // QoS 1/2: no more unacknowledged than any broker accepts (Mosquitto's default
                 // is 20), or a broker that enforces its Receive Maximum would cut us off.
                 let room = if s.qos == QoS::AtMostOnce {
