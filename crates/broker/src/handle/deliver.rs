@@ -63,7 +63,7 @@ pub(crate) fn flush(
 }
 
 /// After a session is resumed, re-sends every unacknowledged PUBLISH with DUP set and every
-/// PUBREL, in their original order [MQTT-4.4.0-1].
+/// PUBREL, in packet-identifier order [MQTT-4.4.0-1].
 pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>) {
     let inflight: Vec<(u16, Inflight)> = a
         .session
@@ -78,9 +78,10 @@ pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>)
         };
         match entry {
             Inflight::Publish(outgoing) => {
-                // Resent even if expired: the client may already hold it (section 4.4).
-                let _ = now;
-                write_publish_raw(a, &outgoing, Some(pid), true, None, out);
+                // Resent even if expired meanwhile (the client may already hold it, section
+                // 4.4), with what is left of its expiry interval.
+                let expiry = outgoing.message.remaining_expiry(now);
+                write_publish_raw(a, &outgoing, Some(pid), true, expiry, out);
             }
             Inflight::Release => send(out, &Packet::PubRel(Ack::new(pid)), a.version),
         }
