@@ -102,7 +102,6 @@ def tern(*args, stdin=None):
 
 
 SECURE_CONFIG = """
-connect_timeout_placeholder = 0
 [[listener]]
 bind = "127.0.0.1:0"
 
@@ -173,7 +172,7 @@ def secure(tmp_path):
             hashes[name] = line.split('"')[1]
     (data / "users.toml").write_text(USERS.replace("{alice}", hashes["alice"]).replace("{bob}", hashes["bob"]))
     config = tmp_path / "tern.toml"
-    config.write_text(SECURE_CONFIG.replace("connect_timeout_placeholder = 0\n", "").format(certs=certs))
+    config.write_text(SECURE_CONFIG.format(certs=certs))
     b = Broker(tmp_path, config=config)
     b.data_dir = data
     b.start()
