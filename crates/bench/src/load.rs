@@ -29,6 +29,8 @@ pub enum Scenario {
     Fanin,
     /// One publisher, `clients` subscribers.
     Fanout,
+    /// `clients` pairs publishing at a fixed total `rate`; reports delivery latency.
+    Latency,
 }
 
 /// How to run it.
@@ -50,6 +52,8 @@ pub struct Settings {
     pub window: u64,
     /// Protocol version.
     pub version: ProtocolVersion,
+    /// Messages per second in all, for `latency` (open loop: the window is not used).
+    pub rate: u64,
 }
 
 /// What happened.
@@ -79,6 +83,14 @@ pub struct Report {
     pub seconds: f64,
     /// Deliveries per second.
     pub delivered_per_second: f64,
+    /// Median publish-to-delivery time, milliseconds (`latency`).
+    pub latency_p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub latency_p99_ms: f64,
+    /// 99.9th percentile, milliseconds.
+    pub latency_p999_ms: f64,
+    /// Slowest delivery, milliseconds.
+    pub latency_max_ms: f64,
 }
 
 fn encode(packet: &Packet<'_>, version: ProtocolVersion, out: &mut Vec<u8>) {
@@ -235,12 +247,13 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         Scenario::P2p => (s.clients, s.clients),
         Scenario::Fanin => (s.clients, 1),
         Scenario::Fanout => (1, s.clients),
+        Scenario::Latency => (s.clients, s.clients),
         Scenario::Conn => (0, 0),
     };
     // How many subscribers each publisher reaches.
     let reach = |_: usize| -> u64 {
         match s.scenario {
-            Scenario::P2p | Scenario::Fanin => 1,
+            Scenario::P2p | Scenario::Fanin | Scenario::Latency => 1,
             _ => subscribers as u64,
         }
     };
@@ -258,12 +271,16 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
     let lost = Arc::new(AtomicU64::new(0));
     let duplicated = Arc::new(AtomicU64::new(0));
 
+    // Publish times travel in the payload as nanoseconds since this instant.
+    let base = Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+
     // Subscribers first, so that nothing published is missed.
     let mut sub_conns = Vec::new();
     for i in 0..subscribers {
         let mut c = Conn::open(s, &format!("bench-sub-{run_id}-{i}")).await?;
         match s.scenario {
-            Scenario::P2p => c.subscribe(&topic(i), s.qos).await?,
+            Scenario::P2p | Scenario::Latency => c.subscribe(&topic(i), s.qos).await?,
             _ => c.subscribe(&format!("bench/{run_id}/+"), s.qos).await?,
         }
         sub_conns.push(c);
@@ -273,6 +290,8 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
     for mut c in sub_conns {
         let flows = flows.clone();
         let (lost, duplicated, stop) = (lost.clone(), duplicated.clone(), stop_receiving.clone());
+        let samples = samples.clone();
+        let timed = s.scenario == Scenario::Latency;
         receivers.push(tokio::spawn(async move {
             // Next expected sequence per publisher this subscriber hears.
             let mut next = vec![0u64; flows.len()];
@@ -335,6 +354,12 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                     let flow = &flows[publisher];
                     flow.delivered.fetch_add(1 + skipped, Ordering::Relaxed);
                     flow.progress.notify_one();
+                    if let Some(sent) = p.payload.get(16..24).filter(|_| timed) {
+                        let sent = u64::from_be_bytes(sent.try_into().unwrap_or_default());
+                        let now = base.elapsed().as_nanos() as u64;
+                        let ms = now.saturating_sub(sent) as f64 / 1e6;
+                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+                    }
                 }
                 c.buf.drain(..used);
                 if !acks.is_empty() {
@@ -358,24 +383,38 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         let reach = reach(i);
         senders.push(tokio::spawn(async move {
             let flow = &flows[i];
-            let mut payload = vec![0u8; s.size.max(16)];
+            let mut payload = vec![0u8; s.size.max(24)];
             payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
             let name = TopicName::new(&topic).ok()?;
             let mut out = Vec::with_capacity(64 * 1024);
             let mut id: u16 = 0;
             let mut unacked = 0u64;
+            let timed = s.scenario == Scenario::Latency;
+            let pace = Duration::from_secs_f64(publishers as f64 / s.rate.max(1) as f64);
+            let mut ticker = tokio::time::interval(pace);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while Instant::now() < deadline {
-                // Closed loop: wait while the window has no room for a whole message to every
-                // subscriber (waiting, not spinning: the receivers need the threads).
-                let published = flow.published.load(Ordering::Relaxed);
-                let settled = flow.delivered.load(Ordering::Relaxed);
-                let room = (s.window * reach + settled).saturating_sub(published * reach) / reach;
-                if room == 0 {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(50), flow.progress.notified())
-                            .await;
-                    continue;
-                }
+                let room = if timed {
+                    // Open loop at a fixed rate: one message per tick, timestamped.
+                    ticker.tick().await;
+                    1
+                } else {
+                    // Closed loop: wait while the window has no room for a whole message to
+                    // every subscriber (waiting, not spinning: the receivers need the threads).
+                    let published = flow.published.load(Ordering::Relaxed);
+                    let settled = flow.delivered.load(Ordering::Relaxed);
+                    let room =
+                        (s.window * reach + settled).saturating_sub(published * reach) / reach;
+                    if room == 0 {
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(50),
+                            flow.progress.notified(),
+                        )
+                        .await;
+                        continue;
+                    }
+                    room
+                };
                 // QoS 1/2: no more unacknowledged than any broker accepts (Mosquitto's default
                 // is 20), or a broker that enforces its Receive Maximum would cut us off.
                 let room = if s.qos == QoS::AtMostOnce {
@@ -386,6 +425,10 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                 for _ in 0..room.min(64) {
                     let seq = flow.published.load(Ordering::Relaxed);
                     payload[8..16].copy_from_slice(&seq.to_be_bytes());
+                    if timed {
+                        payload[16..24]
+                            .copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+                    }
                     id = if id == u16::MAX { 1 } else { id + 1 };
                     let p = Publish {
                         dup: false,
@@ -464,8 +507,20 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         .map(|f| f.delivered.load(Ordering::Relaxed))
         .sum::<u64>()
         - lost.load(Ordering::Relaxed);
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(Report {
         scenario: Some(s.scenario),
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        latency_p999_ms: pct(0.999),
+        latency_max_ms: samples.last().copied().unwrap_or(0.0),
         connections: (publishers + subscribers) as u64,
         published,
         expected,

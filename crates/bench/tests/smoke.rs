@@ -29,6 +29,7 @@ fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Setti
         duration: Duration::from_millis(300),
         window: 50,
         version: ProtocolVersion::V3_1_1,
+        rate: 300,
     }
 }
 
@@ -60,4 +61,19 @@ async fn conn_scenario_opens_every_connection() {
     let r = run(s).await.unwrap();
     assert_eq!(r.connections, 200);
     assert!(r.connack_p50_ms <= r.connack_p99_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_scenario_reports_ordered_percentiles() {
+    let (server, _dir) = broker().await;
+    let r = run(settings(&server, Scenario::Latency, QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    assert!(r.delivered > 0 && r.lost == 0, "{r:?}");
+    assert!(
+        r.latency_p50_ms <= r.latency_p99_ms
+            && r.latency_p99_ms <= r.latency_p999_ms
+            && r.latency_p999_ms <= r.latency_max_ms,
+        "{r:?}"
+    );
 }

@@ -40,8 +40,12 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// conn (open and hold connections), p2p (pairs), fanin (many to one), fanout (one to many).
+    /// conn (open and hold connections), p2p (pairs), fanin (many to one), fanout (one to
+    /// many), latency (pairs at a fixed total --rate; percentiles of delivery time).
     scenario: String,
+    /// Messages per second in all, for the latency scenario.
+    #[arg(short = 'r', long, default_value_t = 1000)]
+    rate: u64,
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: std::net::SocketAddr,
@@ -212,8 +216,11 @@ fn bench(args: BenchArgs) -> ExitCode {
         "p2p" => Scenario::P2p,
         "fanin" => Scenario::Fanin,
         "fanout" => Scenario::Fanout,
+        "latency" => Scenario::Latency,
         other => {
-            eprintln!("tern bench: unknown scenario {other}: use conn, p2p, fanin or fanout");
+            eprintln!(
+                "tern bench: unknown scenario {other}: use conn, p2p, fanin, fanout or latency"
+            );
             return ExitCode::from(2);
         }
     };
@@ -237,6 +244,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         duration: std::time::Duration::from_secs(args.duration),
         window: args.window.max(1),
         version,
+        rate: args.rate.max(1),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -254,7 +262,18 @@ fn bench(args: BenchArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(r) => {
-            if scenario == Scenario::Conn {
+            if scenario == Scenario::Latency {
+                println!("delivered  lost  p50        p99        p99.9      max");
+                println!(
+                    "{:>9}  {:>4}  {:.3} ms  {:.3} ms  {:.3} ms  {:.3} ms",
+                    r.delivered,
+                    r.lost,
+                    r.latency_p50_ms,
+                    r.latency_p99_ms,
+                    r.latency_p999_ms,
+                    r.latency_max_ms
+                );
+            } else if scenario == Scenario::Conn {
                 println!("connections  per second  CONNACK p50  p99");
                 println!(
                     "{:>11}  {:>10.0}  {:>8.2} ms  {:.2} ms",
