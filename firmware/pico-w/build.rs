@@ -14,9 +14,14 @@ fn main() {
     println!("cargo:rerun-if-changed=memory.x");
 
     // The NVRAM block: non-comment lines, each NUL-terminated, then two NULs.
-    let text = fs::read_to_string("cyw43439-nvram.txt").expect("cyw43439-nvram.txt is next to Cargo.toml");
+    let text =
+        fs::read_to_string("cyw43439-nvram.txt").expect("cyw43439-nvram.txt is next to Cargo.toml");
     let mut nvram = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         nvram.extend_from_slice(line.as_bytes());
         nvram.push(0);
     }

@@ -56,7 +56,8 @@ const fn parse_port(s: Option<&str>) -> u16 {
 
 /// The radio's firmware and NVRAM, 4-byte aligned as the chip loader wants them.
 static FIRMWARE: &Aligned<A4, [u8; 231077]> = &Aligned(*cyw43_firmware::CYW43_43439A0);
-static NVRAM: &Aligned<A4, [u8; NVRAM_LEN]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/nvram.bin")));
+static NVRAM: &Aligned<A4, [u8; NVRAM_LEN]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/nvram.bin")));
 const NVRAM_LEN: usize = include_bytes!(concat!(env!("OUT_DIR"), "/nvram.bin")).len();
 
 bind_interrupts!(struct Irqs {
@@ -113,14 +114,25 @@ pub async fn wifi(spawner: Spawner, pins: WifiPins) -> (Stack<'static>, cyw43::C
     let (device, mut control, runner) = cyw43::new(state, pwr, spi, FIRMWARE, NVRAM).await;
     spawner.spawn(radio_task(runner).expect("the radio task is spawned once"));
     control.init(cyw43_firmware::CYW43_43439A0_CLM).await;
-    control.set_power_management(cyw43::PowerManagementMode::PowerSave).await;
+    control
+        .set_power_management(cyw43::PowerManagementMode::PowerSave)
+        .await;
 
     let seed = RoscRng.next_u64();
     static RESOURCES: StaticCell<StackResources<3>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(device, Config::dhcpv4(Default::default()), RESOURCES.init(StackResources::new()), seed);
+    let (stack, runner) = embassy_net::new(
+        device,
+        Config::dhcpv4(Default::default()),
+        RESOURCES.init(StackResources::new()),
+        seed,
+    );
     spawner.spawn(net_task(runner).expect("the network task is spawned once"));
 
-    while control.join(WIFI_SSID, JoinOptions::new(WIFI_PASSWORD.as_bytes())).await.is_err() {
+    while control
+        .join(WIFI_SSID, JoinOptions::new(WIFI_PASSWORD.as_bytes()))
+        .await
+        .is_err()
+    {
         Timer::after(Duration::from_secs(2)).await;
     }
     stack.wait_config_up().await;
@@ -131,13 +143,22 @@ pub async fn wifi(spawner: Spawner, pins: WifiPins) -> (Stack<'static>, cyw43::C
 pub async fn broker_address(stack: Stack<'static>) -> Option<(IpAddress, u16)> {
     let ip: IpAddress = match BROKER_HOST.parse::<Ipv4Addr>() {
         Ok(ip) => ip.into(),
-        Err(_) => stack.dns_query(BROKER_HOST, DnsQueryType::A).await.ok()?.first().copied()?,
+        Err(_) => stack
+            .dns_query(BROKER_HOST, DnsQueryType::A)
+            .await
+            .ok()?
+            .first()
+            .copied()?,
     };
     Some((ip, BROKER_PORT))
 }
 
 /// Opens TCP to the broker.
-pub async fn tcp<'a>(stack: Stack<'static>, rx: &'a mut [u8], tx: &'a mut [u8]) -> Option<TcpSocket<'a>> {
+pub async fn tcp<'a>(
+    stack: Stack<'static>,
+    rx: &'a mut [u8],
+    tx: &'a mut [u8],
+) -> Option<TcpSocket<'a>> {
     let addr = broker_address(stack).await?;
     let mut socket = TcpSocket::new(stack, rx, tx);
     socket.set_timeout(Some(Duration::from_secs(30)));
@@ -161,4 +182,40 @@ pub fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
             return &buf[i..];
         }
     }
+}
+
+/// The MQTT connect options of a board: its client id and the user from the environment.
+pub fn options(client_id: &str) -> tern_client::Options<'_> {
+    let mut options = tern_client::Options::new(client_id);
+    options.username = MQTT_USER;
+    options.password = MQTT_PASSWORD.map(str::as_bytes);
+    options
+}
+
+/// Opens TCP to the broker, then TLS 1.3 unless `TERN_BROKER_TLS=0`, connects as `$client_id`
+/// and runs `$body` with `$client` bound to the connected `tern_client::embedded::Client`;
+/// returns when anything fails. A macro because the TLS and plain clients are different types.
+/// Like the tutorial's boards, the broker's certificate is not checked.
+#[macro_export]
+macro_rules! with_broker {
+    ($stack:expr, $client_id:expr, $mqtt_rx:expr, $mqtt_tx:expr, |$client:ident| $body:block) => {{
+        let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+        let options = $crate::options($client_id);
+        let socket = $crate::tcp($stack, &mut rx, &mut tx).await;
+        if let Some(socket) = socket {
+            if $crate::BROKER_TLS {
+                let (mut record_rx, mut record_tx) = ([0u8; 16_640], [0u8; 4096]);
+                let mut tls = embedded_tls::TlsConnection::new(socket, &mut record_rx, &mut record_tx);
+                let config = embedded_tls::TlsConfig::new().with_server_name($crate::BROKER_HOST);
+                let provider = embedded_tls::UnsecureProvider::new::<embedded_tls::Aes128GcmSha256>(embassy_rp::clocks::RoscRng);
+                if tls.open(embedded_tls::TlsContext::new(&config, provider)).await.is_ok() {
+                    let mut $client = tern_client::embedded::Client::<_, 4>::new(tls, $mqtt_rx, $mqtt_tx, $crate::clock);
+                    if $client.connect(&options).await.is_ok() $body
+                }
+            } else {
+                let mut $client = tern_client::embedded::Client::<_, 4>::new(socket, $mqtt_rx, $mqtt_tx, $crate::clock);
+                if $client.connect(&options).await.is_ok() $body
+            }
+        };
+    }};
 }
