@@ -1,0 +1,466 @@
+//! The store against real files: what is committed is recovered, a torn end is cut off,
+//! snapshots replace the log, and the version 1 format reads as it always did.
+
+
+#![allow(clippy::unwrap_used)]
+use std::borrow::Cow;
+use std::path::Path;
+
+use tern_store::{
+    Durability, EntryData, EntryState, MessageData, Options, Record, RecoveredEntry, SessionData,
+    Store, StoreError,
+};
+
+fn message(topic: &'static str, payload: &'static [u8]) -> MessageData<'static> {
+    MessageData {
+        topic,
+        payload,
+        qos: 1,
+        retain: false,
+        properties: &[],
+        publisher: "pub",
+        expires_at: None,
+    }
+}
+
+/// One of every record kind, in an order that leaves something of each in the state.
+fn sample() -> Vec<Record<'static>> {
+    vec![
+        Record::Retain(MessageData {
+            retain: true,
+            properties: &[0x03, 0x00, 0x04, b't', b'e', b'x', b't'],
+            expires_at: Some(1_900_000_000_000),
+            ..message("sensors/1/temp", b"21.5")
+        }),
+        Record::Retain(message("gone", b"x")),
+        Record::RetainClear { topic: "gone" },
+        Record::Session(SessionData {
+            client: "board-1",
+            expiry_interval: 3600,
+            version: 5,
+            username: Some("alice"),
+            disconnected_at: Some(1_800_000_000_000),
+            will: Some((message("status/board-1", b"offline"), 10)),
+        }),
+        Record::Subscribe {
+            client: "board-1",
+            filter: "cmd/#",
+            options: 0b0000_0001,
+            id: Some(7),
+        },
+        Record::Subscribe {
+            client: "board-1",
+            filter: "old",
+            options: 0,
+            id: None,
+        },
+        Record::Unsubscribe {
+            client: "board-1",
+            filter: "old",
+        },
+        Record::Message {
+            id: 1,
+            message: message("cmd/led", b"on"),
+        },
+        Record::Message {
+            id: 2,
+            message: message("cmd/led", b"off"),
+        },
+        Record::Enqueue(EntryData {
+            client: "board-1",
+            seq: 1,
+            message: 1,
+            qos: 1,
+            retain: false,
+            subscription_ids: Cow::Borrowed(&[7]),
+            share: None,
+        }),
+        Record::Enqueue(EntryData {
+            client: "board-1",
+            seq: 2,
+            message: 2,
+            qos: 2,
+            retain: false,
+            subscription_ids: Cow::Borrowed(&[]),
+            share: Some("$share/g/cmd/#"),
+        }),
+        Record::Sent {
+            client: "board-1",
+            seq: 1,
+            packet_id: 10,
+        },
+        Record::Sent {
+            client: "board-1",
+            seq: 2,
+            packet_id: 11,
+        },
+        Record::Released {
+            client: "board-1",
+            seq: 2,
+        },
+        Record::IncomingQos2 {
+            client: "board-1",
+            packet_id: 99,
+        },
+        Record::IncomingQos2 {
+            client: "board-1",
+            packet_id: 98,
+        },
+        Record::IncomingReleased {
+            client: "board-1",
+            packet_id: 98,
+        },
+        Record::Session(SessionData {
+            client: "board-2",
+            expiry_interval: u32::MAX,
+            version: 4,
+            username: None,
+            disconnected_at: None,
+            will: None,
+        }),
+        Record::Message {
+            id: 3,
+            message: message("x", b"done"),
+        },
+        Record::Enqueue(EntryData {
+            client: "board-2",
+            seq: 1,
+            message: 3,
+            qos: 1,
+            retain: false,
+            subscription_ids: Cow::Borrowed(&[]),
+            share: None,
+        }),
+        Record::Done {
+            client: "board-2",
+            seq: 1,
+        },
+        Record::Session(SessionData {
+            client: "board-3",
+            expiry_interval: 1,
+            version: 4,
+            username: None,
+            disconnected_at: None,
+            will: None,
+        }),
+        Record::SessionDrop { client: "board-3" },
+    ]
+}
+
+fn options() -> Options {
+    Options {
+        durability: Durability::Sync,
+        ..Options::default()
+    }
+}
+
+/// Checks the state `sample()` leaves.
+fn check_sample_state(r: &tern_store::Recovered) {
+    assert_eq!(r.retained.len(), 1);
+    assert_eq!(r.retained[0].topic, "sensors/1/temp");
+    assert_eq!(r.retained[0].expires_at, Some(1_900_000_000_000));
+    // Message 2's entry is released (PUBREC came), message 3's is done: only 1 is needed.
+    assert_eq!(r.messages.keys().copied().collect::<Vec<_>>(), vec![1]);
+    let mut sessions = r.sessions.clone();
+    sessions.sort_by(|a, b| a.client.cmp(&b.client));
+    assert_eq!(sessions.len(), 2);
+    let s = &sessions[0];
+    assert_eq!(s.client, "board-1");
+    assert_eq!(s.username.as_deref(), Some("alice"));
+    assert_eq!(
+        s.will.as_ref().map(|(m, d)| (m.payload.as_slice(), *d)),
+        Some((&b"offline"[..], 10))
+    );
+    assert_eq!(s.subscriptions, vec![("cmd/#".to_owned(), 1, Some(7))]);
+    assert_eq!(s.incoming_qos2, vec![99]);
+    assert_eq!(
+        s.entries,
+        vec![
+            RecoveredEntry {
+                seq: 1,
+                message: 1,
+                qos: 1,
+                retain: false,
+                subscription_ids: vec![7],
+                share: None,
+                state: EntryState::Sent(10),
+            },
+            RecoveredEntry {
+                seq: 2,
+                message: 2,
+                qos: 2,
+                retain: false,
+                subscription_ids: vec![],
+                share: Some("$share/g/cmd/#".to_owned()),
+                state: EntryState::Released(11),
+            },
+        ]
+    );
+    assert_eq!(sessions[1].client, "board-2");
+    assert!(sessions[1].entries.is_empty());
+}
+
+#[test]
+fn every_record_decodes_to_itself() {
+    for record in sample() {
+        let mut bytes = Vec::new();
+        record.encode(&mut bytes);
+        let (back, used) = Record::decode(&bytes).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(used, bytes.len());
+        // Any cut of a record is an error, never a panic or a different record.
+        for cut in 0..bytes.len() {
+            assert!(
+                Record::decode(&bytes[..cut]).is_err(),
+                "{record:?} cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn committed_records_are_recovered_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, recovered, _) = Store::open(dir.path(), options()).unwrap();
+        assert!(recovered.sessions.is_empty());
+        for record in sample() {
+            store.append(&record);
+        }
+        store.close();
+    }
+    let (_store, recovered, report) = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(report.records, sample().len() as u64);
+    check_sample_state(&recovered);
+}
+
+#[test]
+fn a_transaction_is_one_frame_and_durable_when_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, _) = Store::open(dir.path(), options()).unwrap();
+    let mut txn = store.begin();
+    for record in sample() {
+        txn.push(&record);
+    }
+    let lsn = txn.commit();
+    assert_eq!(lsn, 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(store.wait_durable(lsn)));
+    assert!(store.durable() >= lsn);
+    // An empty transaction writes nothing and needs no wait.
+    assert_eq!(store.begin().commit(), 0);
+}
+
+#[test]
+fn a_second_broker_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _, _) = Store::open(dir.path(), options()).unwrap();
+    let second = Store::open(dir.path(), options());
+    assert!(matches!(second, Err(StoreError::Locked(_))));
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_torn_end_of_the_log_is_cut_off_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _, _) = Store::open(dir.path(), options()).unwrap();
+        for record in sample() {
+            store.append(&record);
+        }
+        store.close();
+    }
+    // What a crash in the middle of a write leaves: half a frame at the end.
+    let last = segments(dir.path())
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 12)
+        .unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let mut frame = Vec::new();
+    Record::RetainClear {
+        topic: "sensors/1/temp",
+    }
+    .encode(&mut frame);
+    let len = frame.len() as u32;
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast_hash(&frame).to_le_bytes());
+    bytes.extend_from_slice(&frame[..frame.len() / 2]);
+    std::fs::write(&last, &bytes).unwrap();
+
+    let (store, recovered, report) = Store::open(dir.path(), options()).unwrap();
+    assert!(report.torn_bytes > 0);
+    check_sample_state(&recovered);
+    store.close();
+    drop(store);
+    // The cut is final: a second start finds a clean log.
+    let (_store, recovered, report) = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(report.torn_bytes, 0);
+    check_sample_state(&recovered);
+}
+
+#[test]
+fn damage_before_the_last_segment_is_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let (store, _, _) = Store::open(dir.path(), options()).unwrap();
+        for record in sample() {
+            store.append(&record);
+        }
+        store.close();
+    }
+    let first = segments(dir.path())
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 12)
+        .unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xFF;
+    std::fs::write(&first, &bytes).unwrap();
+    let err = Store::open(dir.path(), options())
+        .err()
+        .expect("damage must be reported");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+#[test]
+fn snapshots_replace_the_log_and_keep_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        durability: Durability::Sync,
+        segment_size: 4 * 1024,
+        snapshot_min: 16 * 1024,
+    };
+    {
+        let (store, _, _) = Store::open(dir.path(), small.clone()).unwrap();
+        for record in sample() {
+            store.append(&record);
+        }
+        // Churn: many messages queued and acknowledged, retained values overwritten.
+        for i in 0..2_000u64 {
+            let mut txn = store.begin();
+            txn.push(&Record::Message {
+                id: 100 + i,
+                message: message("cmd/x", b"payload payload payload"),
+            });
+            txn.push(&Record::Enqueue(EntryData {
+                client: "board-2",
+                seq: 10 + i,
+                message: 100 + i,
+                qos: 1,
+                retain: false,
+                subscription_ids: Cow::Borrowed(&[]),
+                share: None,
+            }));
+            txn.commit();
+            store.append(&Record::Done {
+                client: "board-2",
+                seq: 10 + i,
+            });
+            store.append(&Record::Retain(MessageData {
+                retain: true,
+                ..message("churn", b"latest value")
+            }));
+        }
+        store.close();
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".snap")), "{files:?}");
+    let total: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // 6,000 commits of ~100 bytes each would be ~600 KB without compaction.
+    assert!(total < 200 * 1024, "store holds {total} bytes: {files:?}");
+    let (_store, mut recovered, _) = Store::open(dir.path(), small).unwrap();
+    let churn = recovered
+        .retained
+        .iter()
+        .position(|m| m.topic == "churn")
+        .unwrap();
+    assert_eq!(recovered.retained.remove(churn).payload, b"latest value");
+    check_sample_state(&recovered);
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/v1");
+
+/// The version 1 format, frozen: a store written by the first tern must read the same
+/// forever (or through a migration). `TERN_BLESS=1` writes the file again, for a deliberate
+/// format change that comes with a new version number.
+#[test]
+fn golden_v1_store_reads_as_written() {
+    let golden = Path::new(GOLDEN);
+    if std::env::var_os("TERN_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(golden);
+        let (store, _, _) = Store::open(golden, options()).unwrap();
+        for record in sample() {
+            store.append(&record);
+        }
+        store.close();
+        drop(store);
+        for f in std::fs::read_dir(golden).unwrap() {
+            let f = f.unwrap();
+            if f.metadata().unwrap().len() <= 12 || f.file_name() == "LOCK" {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
+    }
+    // Opened in a copy: opening cuts and adds files.
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(golden).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    let (_store, recovered, report) = Store::open(copy.path(), options()).unwrap();
+    assert_eq!(report.torn_bytes, 0);
+    check_sample_state(&recovered);
+    // And the bytes this code writes for the same records are the golden bytes.
+    let file = std::fs::read(golden.join("wal-00000000000000000001.log")).unwrap();
+    assert_eq!(&file[..12], b"TERNWAL\0\x01\0\0\0");
+    let mut records = Vec::new();
+    let mut at = 12;
+    while at < file.len() {
+        let len = u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        records.push(file[at + 8..at + 8 + len].to_vec());
+        at += 8 + len;
+    }
+    let expected: Vec<Vec<u8>> = sample()
+        .iter()
+        .map(|r| {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            b
+        })
+        .collect();
+    assert_eq!(records, expected);
+}
+
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    // The IEEE CRC-32, bit by bit: independent of the crate the store uses.
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
