@@ -13,9 +13,11 @@ use std::time::Instant;
 use crate::access::{AccessControl, AllowAll};
 use crate::config::Limits;
 use crate::message::Message;
+use crate::persist::{self, Journal};
 use crate::session::{Inflight, Outgoing, Session};
 use crate::tree::SubscriptionTree;
 use tern_proto::QoS;
+use tern_store::{Record, Store};
 
 /// Counters for `$SYS` and the admin API.
 #[derive(Debug, Default)]
@@ -50,6 +52,7 @@ pub struct Broker {
     tree: RwLock<SubscriptionTree>,
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
     next_connection: AtomicU64,
+    store: Option<Arc<Store>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -72,7 +75,19 @@ impl Broker {
         access: Arc<dyn AccessControl>,
         now: Instant,
     ) -> Arc<Broker> {
+        Broker::with_store(limits, access, now, None)
+    }
+
+    /// A broker that keeps what must outlive a crash in `store` (none: memory only). Fill it
+    /// with [`Broker::restore`] before the first connection.
+    pub fn with_store(
+        limits: Limits,
+        access: Arc<dyn AccessControl>,
+        now: Instant,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
+            store,
             access,
             limits,
             stats: Stats::default(),
@@ -82,6 +97,16 @@ impl Broker {
             retained: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
         })
+    }
+
+    /// The store, when the broker persists.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_deref()
+    }
+
+    /// Starts a store transaction if the broker persists.
+    pub(crate) fn journal(&self) -> Option<Journal<'_>> {
+        self.store().map(Journal::begin)
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -117,14 +142,29 @@ impl Broker {
     }
 
     /// Stores, replaces or (empty payload) clears the retained message of its topic
-    /// [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-7].
-    pub(crate) fn retain(&self, message: &Arc<Message>) {
+    /// [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-7], in the store too (except the broker's
+    /// own `$` topics, which it publishes again after a restart).
+    pub(crate) fn retain(&self, message: &Arc<Message>, journal: Option<&mut Journal<'_>>) {
         let mut retained = write(&self.retained);
+        let journal = journal.filter(|_| !message.topic.starts_with('$'));
         if message.payload.is_empty() {
-            retained.remove(&message.topic);
+            let had = retained.remove(&message.topic).is_some();
+            if let (true, Some(j)) = (had, journal) {
+                j.push(&Record::RetainClear {
+                    topic: &message.topic,
+                });
+            }
         } else {
             retained.insert(message.topic.clone(), message.clone());
+            if let (Some(j), Some(store)) = (journal, self.store()) {
+                j.push(&Record::Retain(persist::message_data(store, message)));
+            }
         }
+    }
+
+    /// Puts back a retained message the store kept.
+    pub(crate) fn retain_recovered(&self, message: Arc<Message>) {
+        write(&self.retained).insert(message.topic.clone(), message);
     }
 
     /// The retained messages a filter matches, not yet expired.
@@ -145,9 +185,20 @@ impl Broker {
     /// session at the highest QoS granted among its matching subscriptions, carrying all their
     /// Subscription Identifiers. Returns how many sessions it reached.
     pub fn route(&self, message: Arc<Message>) -> usize {
-        if message.retain && self.limits.retain_available {
-            self.retain(&message);
-        }
+        let mut journal = None;
+        let reached = self.route_logged(message, &mut journal);
+        persist::commit(journal);
+        reached
+    }
+
+    /// [`Broker::route`], writing what must outlive a crash into `journal` (begun here if
+    /// needed and not begun yet: the caller commits it and waits for it before acknowledging).
+    pub(crate) fn route_logged<'s>(
+        &'s self,
+        message: Arc<Message>,
+        journal: &mut Option<Journal<'s>>,
+    ) -> usize {
+        let retain = message.retain && self.limits.retain_available;
         let matches = self.tree().matches(&message.topic);
         // Merge overlapping subscriptions per session (section 3.3.4).
         let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::new();
@@ -182,13 +233,27 @@ impl Broker {
                         retain,
                         subscription_ids: sub.id.into_iter().collect(),
                         via_share: sub.share.clone(),
+                        seq: 0,
                     },
                 )),
             }
         }
         let reached = per_session.len();
+        if let Some(store) = self.store().filter(|_| journal.is_none()) {
+            // The transaction is begun before any session is locked (lock order), and only
+            // when something will be written: most messages reach only clean sessions.
+            let persistent_target = per_session
+                .iter()
+                .any(|(s, out)| out.qos != QoS::AtMostOnce && s.is_persistent());
+            if persistent_target || (retain && !message.topic.starts_with('$')) {
+                *journal = Some(Journal::begin(store));
+            }
+        }
+        if retain {
+            self.retain(&message, journal.as_mut());
+        }
         for (session, out) in per_session {
-            if !session.enqueue(out, self.limits.queue_limit()) {
+            if !session.enqueue(out, self.limits.queue_limit(), journal.as_mut()) {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -198,7 +263,7 @@ impl Broker {
     /// Moves the QoS 1/2 messages `session` got through shared subscriptions and has not
     /// acknowledged to another connected member of the same group (section 4.8.2). Messages
     /// whose group has no other member online stay where they are.
-    pub(crate) fn hand_over_shared(&self, session: &Session) {
+    pub(crate) fn hand_over_shared(&self, session: &Session) -> u64 {
         let candidates: Vec<(Option<u16>, Outgoing)> = {
             let state = session.lock();
             let inflight = state.inflight.iter().filter_map(|(id, entry)| match entry {
@@ -212,6 +277,10 @@ impl Broker {
                 .map(|o| (None, o.clone()));
             inflight.chain(queued).collect()
         };
+        if candidates.is_empty() {
+            return 0;
+        }
+        let mut journal = self.journal();
         for (id, mut out) in candidates {
             let Some(filter) = out.via_share.clone() else {
                 continue;
@@ -236,13 +305,26 @@ impl Broker {
                 }
             };
             if removed {
+                let old_seq = out.seq;
                 out.qos = out.qos.min(other.options.qos);
                 out.subscription_ids = other.id.into_iter().collect();
-                if !other.session.enqueue(out, self.limits.queue_limit()) {
+                // The new entry is written before the old one is finished, so the message
+                // is needed by one of them throughout.
+                if !other
+                    .session
+                    .enqueue(out, self.limits.queue_limit(), journal.as_mut())
+                {
                     self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                if let (Some(j), true) = (journal.as_mut(), old_seq != 0) {
+                    j.push(&Record::Done {
+                        client: &session.client_id,
+                        seq: old_seq,
+                    });
                 }
             }
         }
+        persist::commit(journal)
     }
 
     /// Removes sessions that expired while disconnected; returns how many.
@@ -256,9 +338,16 @@ impl Broker {
                 .collect();
             ids.iter().filter_map(|id| sessions.remove(id)).collect()
         };
+        let mut journal = self.journal();
         for session in &expired {
             self.drop_subscriptions(session);
+            if let (Some(j), true) = (journal.as_mut(), session.is_persistent()) {
+                j.push(&Record::SessionDrop {
+                    client: &session.client_id,
+                });
+            }
         }
+        persist::commit(journal);
         expired.len()
     }
 

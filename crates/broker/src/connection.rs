@@ -21,7 +21,9 @@ use crate::access::{Credentials, Identity};
 use crate::broker::Broker;
 use crate::handle;
 use crate::message::Message;
+use crate::persist;
 use crate::session::Session;
+use tern_store::Record;
 
 /// Why a connection must close. MQTT 5 clients are told with DISCONNECT: the reason code,
 /// and the detail as its Reason String.
@@ -93,6 +95,9 @@ pub(crate) struct Attached {
     /// Topic aliases the broker set toward the client.
     pub(crate) aliases_out: HashMap<Arc<str>, u16>,
     pub(crate) will: Option<(PublishBuf, u32)>,
+    /// The store position the output written so far depends on: acknowledgements of what
+    /// was stored, and deliveries recorded as sent.
+    pub(crate) needs: u64,
 }
 
 /// Where a connection comes from, as its transport knows it.
@@ -193,6 +198,13 @@ impl Connection {
         self.attached.as_ref().map(|a| &a.session)
     }
 
+    /// The store position that must be durable before the output of this connection is sent
+    /// (0: none). Acknowledging a message before it is on disk would promise what a crash can
+    /// break.
+    pub fn durable_needed(&self) -> u64 {
+        self.attached.as_ref().map_or(0, |a| a.needs)
+    }
+
     /// The client identifier, once connected.
     pub fn client_id(&self) -> Option<&str> {
         self.attached.as_ref().map(|a| &*a.client_id)
@@ -217,10 +229,10 @@ impl Connection {
             Packet::Publish(p) => {
                 handle::publish::handle_publish(&self.broker, attached, p, now, out)
             }
-            Packet::PubAck(a) => handle::ack::handle_puback(attached, a),
-            Packet::PubRec(a) => handle::ack::handle_pubrec(attached, a, out),
-            Packet::PubRel(a) => handle::ack::handle_pubrel(attached, a, out),
-            Packet::PubComp(a) => handle::ack::handle_pubcomp(attached, a),
+            Packet::PubAck(a) => handle::ack::handle_puback(&self.broker, attached, a),
+            Packet::PubRec(a) => handle::ack::handle_pubrec(&self.broker, attached, a, out),
+            Packet::PubRel(a) => handle::ack::handle_pubrel(&self.broker, attached, a, out),
+            Packet::PubComp(a) => handle::ack::handle_pubcomp(&self.broker, attached, a),
             Packet::Subscribe(s) => {
                 handle::subscribe::handle_subscribe(&self.broker, attached, s, now, out)
             }
@@ -303,6 +315,16 @@ impl Connection {
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
         info!(client_id = %a.client_id, peer = %self.origin.peer, end = ?how, "client disconnected");
+        // [MQTT-3.1.2-8] the will is published unless the client disconnected normally;
+        // [MQTT-3.14.4-3] DISCONNECT 0x04 asks for it anyway. A broker shutdown is not the
+        // client's failure.
+        let publish_will = match how {
+            End::Disconnected(reason) => reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            End::Closed(_) | End::Lost => true,
+            End::Shutdown => false,
+        };
+        let will = a.will.filter(|_| publish_will);
+        let mut journal = self.broker.journal();
         let expiry = {
             let mut state = a.session.lock();
             if state.owner != Some(self.id) {
@@ -311,9 +333,24 @@ impl Connection {
             } else {
                 state.owner = None;
                 state.disconnected_at = Some(now);
+                if let (Some(j), Some(store)) = (journal.as_mut(), self.broker.store()) {
+                    if state.expiry_interval == 0 && a.session.is_persistent() {
+                        // DISCONNECT set the expiry to 0: the session ends here.
+                        a.session.set_persistent(false);
+                        j.push(&Record::SessionDrop {
+                            client: &a.client_id,
+                        });
+                    } else if a.session.is_persistent() {
+                        // The will stays in the store until it is published.
+                        let pending = will.as_ref().filter(|(_, delay)| *delay > 0);
+                        let record = persist::session_record(store, &a.client_id, &state, pending);
+                        j.push(&record);
+                    }
+                }
                 Some(state.expiry_interval)
             }
         };
+        persist::commit(journal);
         if how != End::Shutdown {
             self.broker.hand_over_shared(&a.session);
         }
@@ -328,15 +365,7 @@ impl Connection {
                 self.broker.drop_subscriptions(&a.session);
             }
         }
-        // [MQTT-3.1.2-8] the will is published unless the client disconnected normally;
-        // [MQTT-3.14.4-3] DISCONNECT 0x04 asks for it anyway. A broker shutdown is not the
-        // client's failure.
-        let publish_will = match how {
-            End::Disconnected(reason) => reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
-            End::Closed(_) | End::Lost => true,
-            End::Shutdown => false,
-        };
-        let (message, delay) = a.will.filter(|_| publish_will)?;
+        let (message, delay) = will?;
         // [MQTT-3.1.3-9] the will waits for the shorter of its delay and the session's expiry.
         let delay = delay.min(expiry.unwrap_or(0));
         if delay == 0 {
@@ -367,16 +396,33 @@ impl Broker {
                 .map(|s| now + Duration::from_secs(u64::from(s))),
             properties: will.properties.clone(),
             publisher: Arc::from(""),
+            stored: Default::default(),
             encoded: Default::default(),
         };
         self.route(Arc::new(message));
     }
 
     /// Publishes a delayed will if its session has not been resumed by a new connection
-    /// since [MQTT-3.1.3-9].
+    /// since [MQTT-3.1.3-9], and forgets it in the store.
     pub fn publish_delayed_will(&self, will: DelayedWill, now: Instant) {
-        if will.session.lock().owner.is_none() {
-            self.publish_will(&will.message, now);
+        let mut journal = self.journal();
+        {
+            let state = will.session.lock();
+            if state.owner.is_some() {
+                return;
+            }
+            if let (Some(j), Some(store), true) =
+                (journal.as_mut(), self.store(), will.session.is_persistent())
+            {
+                j.push(&persist::session_record(
+                    store,
+                    &will.session.client_id,
+                    &state,
+                    None,
+                ));
+            }
         }
+        persist::commit(journal);
+        self.publish_will(&will.message, now);
     }
 }

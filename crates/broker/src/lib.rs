@@ -4,7 +4,9 @@
 //! Owns what a broker decides: who receives a message, at which QoS, when a session ends,
 //! when a will is published. Leaves sockets, TLS, timers and files to `tern-server`: a
 //! [`Connection`] is handed decoded packets and the time, and writes its answers into a
-//! buffer; a [`Session`]'s `wake` tells the transport there is something to send.
+//! buffer; a [`Session`]'s `wake` tells the transport there is something to send. What must
+//! outlive a crash is written to a `tern-store` as the state changes (`persist.rs`); the
+//! transport holds a connection's output until [`Connection::durable_needed`] is on disk.
 
 mod access;
 mod broker;
@@ -12,6 +14,7 @@ mod config;
 mod connection;
 mod handle;
 mod message;
+mod persist;
 mod session;
 mod tree;
 

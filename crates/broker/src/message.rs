@@ -26,6 +26,8 @@ pub struct Message {
     pub publisher: Arc<str>,
     /// When the Message Expiry Interval runs out, if it has one.
     pub expires_at: Option<Instant>,
+    /// Its id in the store, once a persistent session's queue holds it.
+    pub stored: OnceLock<u64>,
     /// Encodings shared by subscribers that receive the same bytes.
     pub encoded: EncodeCache,
 }
@@ -116,6 +118,7 @@ mod tests {
             properties: PropertiesBuf::new(&props).unwrap(),
             publisher: Arc::from("p"),
             expires_at: None,
+            stored: OnceLock::new(),
             encoded: EncodeCache::default(),
         }
     }

@@ -7,13 +7,16 @@
 //! the broker's session registry hands it over at CONNECT (registry, then session).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tern_proto::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::Notify;
+use tracing::warn;
 
 use crate::message::Message;
+use crate::persist::Journal;
 
 /// A message waiting to be sent to one subscriber, at the QoS that subscriber gets.
 #[derive(Debug, Clone)]
@@ -29,6 +32,9 @@ pub struct Outgoing {
     /// The shared subscription (`$share/...`) it came through, if any: if this session
     /// leaves before acknowledging it, another member gets it.
     pub via_share: Option<Arc<str>>,
+    /// Its entry number in the store (0: not stored: QoS 0, or a session that is not
+    /// persistent).
+    pub seq: u64,
 }
 
 impl Outgoing {
@@ -66,6 +72,11 @@ impl Queue {
         self.items.iter()
     }
 
+    /// The messages, to change what the queue does not count (their store entry numbers).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Outgoing> {
+        self.items.iter_mut()
+    }
+
     /// Adds a message at the back.
     pub fn push_back(&mut self, out: Outgoing) {
         self.bytes += out.size();
@@ -98,8 +109,11 @@ impl Queue {
 pub enum Inflight {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Outgoing),
-    /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    Release,
+    /// PUBREC received and PUBREL sent; waiting for PUBCOMP. `seq` is the store entry (0: none).
+    Release {
+        /// The store entry number.
+        seq: u64,
+    },
 }
 
 /// Everything a session holds, behind the session's lock.
@@ -112,6 +126,8 @@ pub struct SessionState {
     pub kick: Option<ReasonCode>,
     /// The protocol version of the last connection.
     pub version: ProtocolVersion,
+    /// The user name the last connection authenticated with.
+    pub username: Option<Arc<str>>,
     /// Filter -> (options, Subscription Identifier).
     pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
     /// Messages not yet sent, oldest first.
@@ -136,6 +152,7 @@ impl SessionState {
             owner: None,
             kick: None,
             version,
+            username: None,
             subscriptions: HashMap::new(),
             queue: Queue::default(),
             inflight: BTreeMap::new(),
@@ -195,6 +212,9 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Woken when the queue gains a message or the session is kicked.
     pub wake: Notify,
+    /// Whether the session is in the store (changed under the session's lock, read without it
+    /// by routing to decide whether a store transaction is needed).
+    persistent: AtomicBool,
 }
 
 impl Session {
@@ -204,6 +224,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(version)),
             wake: Notify::new(),
+            persistent: AtomicBool::new(false),
         }
     }
 
@@ -215,19 +236,47 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether the session is kept in the store.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Relaxed);
+    }
+
     /// Whether a connection holds the session now.
     pub fn is_connected(&self) -> bool {
         self.lock().owner.is_some()
     }
 
     /// Queues `out` for the client, within `limit`. When the queue is full the new message is
-    /// dropped and counted: a slow consumer never holds up the publisher or the other
-    /// subscribers. Returns whether it was queued.
-    pub fn enqueue(&self, out: Outgoing, limit: QueueLimit) -> bool {
+    /// dropped, counted and logged: a slow consumer never holds up the publisher or the other
+    /// subscribers. A QoS 1/2 message for a persistent session is written to `journal`, under
+    /// this session's lock so that its record precedes any record of its delivery. Returns
+    /// whether it was queued.
+    pub(crate) fn enqueue(
+        &self,
+        mut out: Outgoing,
+        limit: QueueLimit,
+        journal: Option<&mut Journal<'_>>,
+    ) -> bool {
         let mut state = self.lock();
         if state.queue.len() >= limit.messages || state.queue.bytes() + out.size() > limit.bytes {
             state.dropped += 1;
+            let dropped = state.dropped;
+            if dropped == 1 || dropped.is_multiple_of(1000) {
+                warn!(client_id = %self.client_id, dropped, limit = limit.messages,
+                    "queue full: message dropped");
+            }
             return false;
+        }
+        out.seq = 0;
+        if let Some(journal) =
+            journal.filter(|_| self.is_persistent() && out.qos != QoS::AtMostOnce)
+        {
+            out.seq = journal.next_id();
+            journal.enqueue(&self.client_id, &out);
         }
         state.queue.push_back(out);
         let connected = state.owner.is_some();

@@ -7,7 +7,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::error::EncodeError;
+use crate::error::{DecodeError, EncodeError};
 use crate::properties::{Properties, PropertyContext};
 use crate::topic::TopicName;
 use crate::wire::Writer;
@@ -30,6 +30,13 @@ impl PropertiesBuf {
     /// A borrowed view, as a packet of kind `ctx` would carry it.
     pub fn get(&self, ctx: PropertyContext) -> Properties<'_> {
         Properties::decode_block(&self.0, ctx).unwrap_or_default()
+    }
+
+    /// Takes an encoded block back (one [`PropertiesBuf::as_bytes`] gave), checking that it
+    /// decodes as the properties of a packet of kind `ctx`.
+    pub fn from_block(block: Vec<u8>, ctx: PropertyContext) -> Result<Self, DecodeError> {
+        Properties::decode_block(&block, ctx)?;
+        Ok(PropertiesBuf(block))
     }
 
     /// The encoded block.

@@ -28,6 +28,40 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// What is kept on disk, and when it is durable.
+    pub persistence: PersistenceConfig,
+}
+
+/// When an acknowledged message is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    /// PUBACK / PUBREC / SUBACK only after the change is flushed to disk (group commit).
+    #[default]
+    Sync,
+    /// Written at once, flushed every `flush_interval_ms`.
+    Periodic,
+    /// Nothing on disk: everything is lost when the broker stops.
+    Off,
+}
+
+/// `[persistence]`: the store in `<data_dir>/store`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// `sync`, `periodic` or `off`.
+    pub mode: PersistenceMode,
+    /// With `periodic`: milliseconds between flushes to disk.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            mode: PersistenceMode::Sync,
+            flush_interval_ms: 1000,
+        }
+    }
 }
 
 /// How a listener carries MQTT.
@@ -172,6 +206,7 @@ impl Default for Config {
             )))],
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -283,6 +318,9 @@ impl Config {
         if l.max_inflight == 0 {
             return bad("max_inflight", "must be at least 1");
         }
+        if self.persistence.flush_interval_ms == 0 {
+            return bad("flush_interval_ms", "must be at least 1");
+        }
         if l.max_queued_messages == 0 {
             return bad("max_queued_messages", "must be at least 1");
         }
@@ -312,6 +350,11 @@ impl Config {
     /// The broker limits this configuration sets.
     pub fn broker_limits(&self) -> Limits {
         self.limits.to_broker()
+    }
+
+    /// The store's folder.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store")
     }
 
     /// The users and permissions file.
@@ -372,7 +415,7 @@ mod tests {
         for key in all {
             let shown = if key == "listener" {
                 "[[listener]]".to_owned()
-            } else if key == "limits" || key == "sys" {
+            } else if ["limits", "sys", "persistence"].contains(&key.as_str()) {
                 format!("[{key}]")
             } else {
                 format!("`{key}`")

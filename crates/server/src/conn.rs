@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::{Broker, Close, Connection, End, Origin};
+use tern_broker::{Broker, Close, Connection, DelayedWill, End, Origin};
 use tern_proto::{decode, Packet, ReasonCode};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -209,6 +209,14 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                 Err(End::Shutdown)
             }
         };
+        // What the output acknowledges or delivers must be on disk first (group commit: the
+        // wait is shared with every connection that committed meanwhile).
+        let needed = conn.durable_needed();
+        if let Some(store) = broker.store().filter(|s| needed > s.durable()) {
+            if !store.wait_durable(needed).await {
+                break End::Shutdown;
+            }
+        }
         if !out.is_empty() {
             broker
                 .stats
@@ -232,12 +240,14 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
     };
     transport.shutdown().await;
     if let Some(will) = conn.end(end, now()) {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(will.delay).await;
-            broker.publish_delayed_will(will, now());
-        });
+        tokio::spawn(publish_will_later(broker.clone(), will));
     }
+}
+
+/// Publishes a will when its delay has passed, unless its session was resumed meanwhile.
+pub(crate) async fn publish_will_later(broker: Arc<Broker>, will: DelayedWill) {
+    tokio::time::sleep(will.delay).await;
+    broker.publish_delayed_will(will, now());
 }
 
 fn closed(conn: &mut Connection, close: Close, out: &mut Vec<u8>) -> End {

@@ -31,10 +31,11 @@ use tokio_tungstenite::tungstenite::http;
 use tracing::{debug, info, warn};
 
 use crate::access::FileAccess;
-use crate::config::{ListenerConfig, ListenerKind};
+use crate::config::{ListenerConfig, ListenerKind, PersistenceMode};
 use crate::conn::Context;
 use crate::tls::ReloadableCert;
 use crate::transport::Transport;
+use tern_store::{Durability, Options as StoreOptions, Recovered, Store};
 
 pub use config::{Config, ConfigError};
 
@@ -132,7 +133,9 @@ impl Server {
         access: Arc<dyn AccessControl>,
         users: Option<Arc<FileAccess>>,
     ) -> std::io::Result<Server> {
-        let broker = Broker::with_access(config.broker_limits(), access, now());
+        let (store, recovered) = open_store(config)?;
+        let broker = Broker::with_store(config.broker_limits(), access, now(), store);
+        let wills = recovered.map_or_else(Vec::new, |r| broker.restore(r, now()));
         let (shutdown, _) = watch::channel(false);
         let limits = &config.limits;
         let ctx = Context {
@@ -162,6 +165,9 @@ impl Server {
             ));
         }
         tasks.spawn(expiry_loop(broker.clone(), shutdown.subscribe()));
+        for will in wills {
+            tasks.spawn(conn::publish_will_later(broker.clone(), will));
+        }
         tasks.spawn(watch_files(
             certs.clone(),
             users.clone(),
@@ -210,7 +216,35 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // Every connection has recorded its end: flush and stop the store.
+        if let Some(store) = self.broker.store() {
+            store.close();
+        }
     }
+}
+
+/// Opens the store (unless persistence is off) and reads what it holds.
+fn open_store(config: &Config) -> std::io::Result<(Option<Arc<Store>>, Option<Recovered>)> {
+    let p = &config.persistence;
+    let durability = match p.mode {
+        PersistenceMode::Off => return Ok((None, None)),
+        PersistenceMode::Sync => Durability::Sync,
+        PersistenceMode::Periodic => {
+            Durability::Periodic(Duration::from_millis(p.flush_interval_ms))
+        }
+    };
+    let options = StoreOptions {
+        durability,
+        ..StoreOptions::default()
+    };
+    let dir = config.store_path();
+    let (store, recovered, report) = Store::open(&dir, options).map_err(startup_error)?;
+    let (retained, messages, sessions, entries) = report.counts;
+    info!(dir = %dir.display(), mode = ?p.mode, files = report.files, bytes = report.bytes,
+        records = report.records, retained, messages, sessions, queued = entries,
+        torn_bytes = report.torn_bytes, elapsed_ms = report.elapsed.as_millis() as u64,
+        "store opened");
+    Ok((Some(Arc::new(store)), Some(recovered)))
 }
 
 fn prepare(

@@ -86,6 +86,7 @@ pub(crate) fn publish_all(broker: &Broker) {
             retain: true,
             properties: PropertiesBuf::default(),
             publisher: Arc::from("$SYS"),
+            stored: Default::default(),
             encoded: Default::default(),
             expires_at: None,
         }));

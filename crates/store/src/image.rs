@@ -68,8 +68,8 @@ pub(crate) struct Image {
     retained: HashMap<Box<str>, Loc>,
     messages: HashMap<u64, StoredMessage>,
     sessions: HashMap<Box<str>, SessionImage>,
-    /// The highest message id seen.
-    pub(crate) max_message_id: u64,
+    /// The highest message id or entry number seen.
+    pub(crate) max_id: u64,
 }
 
 impl Image {
@@ -93,7 +93,7 @@ impl Image {
                 self.retained.remove(*topic);
             }
             Record::Message { id, .. } => {
-                self.max_message_id = self.max_message_id.max(*id);
+                self.max_id = self.max_id.max(*id);
                 self.messages
                     .entry(*id)
                     .and_modify(|m| m.loc = loc)
@@ -122,6 +122,7 @@ impl Image {
                 }
             }
             Record::Enqueue(e) => {
+                self.max_id = self.max_id.max(e.seq);
                 let Some(s) = self.sessions.get_mut(e.client) else {
                     return;
                 };

@@ -176,7 +176,7 @@ pub struct Store {
     shared: Arc<Shared>,
     durable: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    next_message_id: AtomicU64,
+    next_id: AtomicU64,
     anchor: (Instant, u64),
     dir: PathBuf,
     _lock: File,
@@ -361,7 +361,7 @@ impl Store {
             0
         };
         let since_snapshot = report.bytes.saturating_sub(snapshot_len);
-        let next_message_id = image.max_message_id + 1;
+        let next_id = image.max_id + 1;
         let (durable_tx, durable_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -395,7 +395,7 @@ impl Store {
             shared,
             durable: durable_rx,
             writer: Mutex::new(Some(handle)),
-            next_message_id: AtomicU64::new(next_message_id),
+            next_id: AtomicU64::new(next_id),
             anchor: (Instant::now(), wall),
             dir: dir.to_owned(),
             _lock: lock_file,
@@ -426,9 +426,15 @@ impl Store {
         txn.commit()
     }
 
-    /// A fresh id for a [`Record::Message`].
-    pub fn next_message_id(&self) -> u64 {
-        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    /// A fresh id for a [`Record::Message`] or an entry's `seq`: never used before in this
+    /// store, so a late record about an old entry cannot touch a new one.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The position of the last committed transaction (durable or not yet).
+    pub fn last_commit(&self) -> u64 {
+        lock(&self.shared.pending).lsn
     }
 
     /// The last position that is durable.

@@ -56,7 +56,7 @@ pub struct SessionData<'a> {
 pub struct EntryData<'a> {
     /// The session's Client Identifier.
     pub client: &'a str,
-    /// The entry's number in that session, increasing.
+    /// The entry's number: unique in the store, increasing.
     pub seq: u64,
     /// The stored message it delivers (a [`Record::Message`] id).
     pub message: u64,

@@ -1,7 +1,6 @@
 //! The store against real files: what is committed is recovered, a torn end is cut off,
 //! snapshots replace the log, and the version 1 format reads as it always did.
 
-
 #![allow(clippy::unwrap_used)]
 use std::borrow::Cow;
 use std::path::Path;

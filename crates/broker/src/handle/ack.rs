@@ -1,15 +1,46 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP from a client: the QoS 1 and 2 handshakes.
+//!
+//! Each step of a stored message is recorded after the session's lock is released (lock
+//! order: the store, then a session), before the connection's next output is sent.
 
 use tern_proto::{Ack, Packet, ReasonCode};
+use tern_store::Record;
 
+use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::session::Inflight;
 
+/// Records `record` for a persistent session and makes the connection's output wait for it.
+fn log(broker: &Broker, a: &mut Attached, record: Record<'_>) {
+    if let (Some(store), true) = (broker.store(), a.session.is_persistent()) {
+        a.needs = a.needs.max(store.append(&record));
+    }
+}
+
 /// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-1].
-pub(crate) fn handle_puback(a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
-    let mut state = a.session.lock();
-    if let Some(Inflight::Publish(_)) = state.inflight.get(&ack.packet_id.get()) {
-        state.inflight.remove(&ack.packet_id.get());
+pub(crate) fn handle_puback(broker: &Broker, a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
+    let id = ack.packet_id.get();
+    let seq = {
+        let mut state = a.session.lock();
+        match state.inflight.get(&id) {
+            Some(Inflight::Publish(o)) => {
+                let seq = o.seq;
+                state.inflight.remove(&id);
+                seq
+            }
+            _ => 0,
+        }
+    };
+    if seq != 0 {
+        let client = a.client_id.clone();
+        log(
+            broker,
+            a,
+            Record::Done {
+                client: &client,
+                seq,
+            },
+        );
     }
     Ok(())
 }
@@ -17,38 +48,84 @@ pub(crate) fn handle_puback(a: &mut Attached, ack: Ack<'_>) -> Result<(), Close>
 /// PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-4]. A failure reason
 /// ends the exchange with no PUBREL.
 pub(crate) fn handle_pubrec(
+    broker: &Broker,
     a: &mut Attached,
     ack: Ack<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
     let id = ack.packet_id.get();
     let mut state = a.session.lock();
-    let known = matches!(
-        state.inflight.get(&id),
-        Some(Inflight::Publish(_) | Inflight::Release)
-    );
+    let seq = match state.inflight.get(&id) {
+        Some(Inflight::Publish(o)) => Some(o.seq),
+        Some(Inflight::Release { seq }) => Some(*seq),
+        None => None,
+    };
+    let client = a.client_id.clone();
     if !ack.reason.is_success() {
         state.inflight.remove(&id);
+        drop(state);
+        if let Some(seq) = seq.filter(|s| *s != 0) {
+            log(
+                broker,
+                a,
+                Record::Done {
+                    client: &client,
+                    seq,
+                },
+            );
+        }
         return Ok(());
     }
     let mut rel = Ack::new(ack.packet_id);
-    if known {
-        state.inflight.insert(id, Inflight::Release);
-    } else {
-        rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+    match seq {
+        Some(seq) => {
+            state.inflight.insert(id, Inflight::Release { seq });
+            drop(state);
+            if seq != 0 {
+                log(
+                    broker,
+                    a,
+                    Record::Released {
+                        client: &client,
+                        seq,
+                    },
+                );
+            }
+        }
+        None => {
+            drop(state);
+            rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+        }
     }
-    drop(state);
     send(out, &Packet::PubRel(rel), a.version);
     Ok(())
 }
 
+/// Forgets a QoS 2 packet id the client sent, in the store too. Returns whether it was known.
+pub(crate) fn release_incoming(broker: &Broker, a: &mut Attached, id: u16) -> bool {
+    let known = a.session.lock().incoming_qos2.remove(&id);
+    if known {
+        let client = a.client_id.clone();
+        log(
+            broker,
+            a,
+            Record::IncomingReleased {
+                client: &client,
+                packet_id: id,
+            },
+        );
+    }
+    known
+}
+
 /// PUBREL: the client releases a QoS 2 message it sent; answer PUBCOMP [MQTT-4.3.3-11].
 pub(crate) fn handle_pubrel(
+    broker: &Broker,
     a: &mut Attached,
     ack: Ack<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
-    let known = a.session.lock().incoming_qos2.remove(&ack.packet_id.get());
+    let known = release_incoming(broker, a, ack.packet_id.get());
     let mut comp = Ack::new(ack.packet_id);
     if !known {
         comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -58,10 +135,29 @@ pub(crate) fn handle_pubrel(
 }
 
 /// PUBCOMP ends a QoS 2 delivery [MQTT-4.3.3-7].
-pub(crate) fn handle_pubcomp(a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
-    let mut state = a.session.lock();
-    if let Some(Inflight::Release) = state.inflight.get(&ack.packet_id.get()) {
-        state.inflight.remove(&ack.packet_id.get());
+pub(crate) fn handle_pubcomp(broker: &Broker, a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
+    let id = ack.packet_id.get();
+    let seq = {
+        let mut state = a.session.lock();
+        match state.inflight.get(&id) {
+            Some(Inflight::Release { seq }) => {
+                let seq = *seq;
+                state.inflight.remove(&id);
+                seq
+            }
+            _ => 0,
+        }
+    };
+    if seq != 0 {
+        let client = a.client_id.clone();
+        log(
+            broker,
+            a,
+            Record::Done {
+                client: &client,
+                seq,
+            },
+        );
     }
     Ok(())
 }

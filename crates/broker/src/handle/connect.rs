@@ -14,7 +14,9 @@ use tracing::info;
 
 use crate::connection::{send, Attached, Close, Connection};
 use crate::handle::deliver;
+use crate::persist;
 use crate::session::Session;
+use tern_store::Record;
 
 pub(crate) fn handle_connect(
     conn: &mut Connection,
@@ -102,8 +104,15 @@ pub(crate) fn handle_connect(
         }),
         Err(_) => return refuse(out, ReasonCode::MALFORMED_PACKET, "the will cannot be kept"),
     };
-    let (session, session_present) =
+    let (session, session_present, discarded) =
         take_over_or_create_session(conn, &client_id, c.clean_start, version, expiry, now);
+    let needs = persist_session(
+        conn,
+        &session,
+        identity.username.clone(),
+        discarded,
+        will.as_ref(),
+    );
 
     let mut properties = Properties::default();
     let response_information;
@@ -156,6 +165,7 @@ pub(crate) fn handle_connect(
         client_alias_maximum: c.properties.topic_alias_maximum.unwrap_or(0),
         aliases_out: HashMap::new(),
         will,
+        needs,
     });
     // A resumed session gets what was in flight again, then its queue [MQTT-4.4.0-1].
     let attached = conn
@@ -208,9 +218,43 @@ fn session_expiry(conn: &Connection, c: &Connect<'_>) -> u32 {
     asked.min(conn.broker.limits.max_session_expiry)
 }
 
+/// Records the session in the store as it now is: its fields (and the will) when it is
+/// persistent, everything it holds when it has just become persistent, its end when it no
+/// longer is or Clean Start `discarded` a stored one. Returns the store position to wait for.
+fn persist_session(
+    conn: &Connection,
+    session: &Session,
+    username: Option<Arc<str>>,
+    discarded: bool,
+    will: Option<&(PublishBuf, u32)>,
+) -> u64 {
+    let mut journal = conn.broker.journal();
+    let mut state = session.lock();
+    state.username = username;
+    let (Some(j), Some(store)) = (journal.as_mut(), conn.broker.store()) else {
+        return 0;
+    };
+    let client = &session.client_id;
+    if discarded || (state.expiry_interval == 0 && session.is_persistent()) {
+        j.push(&Record::SessionDrop { client });
+        session.set_persistent(false);
+    }
+    if state.expiry_interval > 0 {
+        if session.is_persistent() {
+            j.push(&persist::session_record(store, client, &state, will));
+        } else {
+            persist::write_whole_session(j, client, &mut state, will);
+            session.set_persistent(true);
+        }
+    }
+    drop(state);
+    persist::commit(journal)
+}
+
 /// Attaches the connection to the client's session: the existing one unless Clean Start asks
 /// for a new one [MQTT-3.1.2-4] [MQTT-3.1.2-5]. A connection holding it is told to close
-/// [MQTT-3.1.4-3]. Returns the session and Session Present.
+/// [MQTT-3.1.4-3]. Returns the session, Session Present, and whether a stored session was
+/// discarded.
 fn take_over_or_create_session(
     conn: &Connection,
     client_id: &Arc<str>,
@@ -218,7 +262,7 @@ fn take_over_or_create_session(
     version: ProtocolVersion,
     expiry: u32,
     now: Instant,
-) -> (Arc<Session>, bool) {
+) -> (Arc<Session>, bool, bool) {
     let mut sessions = conn.broker.sessions();
     let existing = sessions.get(client_id).cloned();
     let kick = |s: &Session| {
@@ -230,6 +274,7 @@ fn take_over_or_create_session(
         drop(state);
         s.wake.notify_one();
     };
+    let mut discarded = false;
     let (session, present) = match existing {
         Some(old) if !clean_start && !old.lock().is_expired(now) => {
             kick(&old);
@@ -237,6 +282,9 @@ fn take_over_or_create_session(
         }
         Some(old) => {
             kick(&old);
+            discarded = old.is_persistent();
+            // Records of the old session's last moments must not touch the new one.
+            old.set_persistent(false);
             sessions.remove(client_id);
             drop(sessions);
             conn.broker.drop_subscriptions(&old);
@@ -260,7 +308,7 @@ fn take_over_or_create_session(
     state.disconnected_at = None;
     drop(state);
     // [MQTT-3.2.2-2] (3.1.1) / [MQTT-3.2.2-2] (5.0): Session Present is 0 with Clean Start.
-    (session, present && !clean_start)
+    (session, present && !clean_start, discarded)
 }
 
 pub(crate) fn handle_disconnect(a: &mut Attached, d: Disconnect<'_>) -> Result<(), Close> {

@@ -13,6 +13,7 @@ use tern_proto::{
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::session::{Inflight, Outgoing};
+use tern_store::Record;
 
 pub(crate) fn flush(
     broker: &Broker,
@@ -24,6 +25,8 @@ pub(crate) fn flush(
     let window = usize::from(a.client_receive_maximum.min(broker.limits.max_inflight)).max(1);
     let mut batch: Vec<(Outgoing, Option<PacketId>)> = Vec::new();
     let mut expired = 0u64;
+    // Store entries that were sent (seq, packet id) or expired (seq, None).
+    let mut logged: Vec<(u64, Option<u16>)> = Vec::new();
     {
         let mut state = a.session.lock();
         if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
@@ -32,6 +35,9 @@ pub(crate) fn flush(
         while let Some(next) = state.queue.pop_front() {
             if next.message.is_expired(now) {
                 expired += 1;
+                if next.seq != 0 {
+                    logged.push((next.seq, None));
+                }
                 continue;
             }
             if next.qos == QoS::AtMostOnce {
@@ -46,10 +52,32 @@ pub(crate) fn flush(
                 state.queue.push_front(next);
                 break;
             };
+            if next.seq != 0 {
+                logged.push((next.seq, Some(id.get())));
+            }
             state
                 .inflight
                 .insert(id.get(), Inflight::Publish(next.clone()));
             batch.push((next, Some(id)));
+        }
+    }
+    if !logged.is_empty() && a.session.is_persistent() {
+        if let Some(store) = broker.store() {
+            // Recorded as sent before it is sent: the output waits for this record, so after
+            // a crash the message is re-sent with DUP under the same packet id.
+            let client = &a.client_id;
+            let mut txn = store.begin();
+            for (seq, packet_id) in logged {
+                txn.push(&match packet_id {
+                    Some(packet_id) => Record::Sent {
+                        client,
+                        seq,
+                        packet_id,
+                    },
+                    None => Record::Done { client, seq },
+                });
+            }
+            a.needs = a.needs.max(txn.commit());
         }
     }
     broker
@@ -83,7 +111,7 @@ pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>)
                 let expiry = outgoing.message.remaining_expiry(now);
                 write_publish_raw(a, &outgoing, Some(pid), true, expiry, out);
             }
-            Inflight::Release => send(out, &Packet::PubRel(Ack::new(pid)), a.version),
+            Inflight::Release { .. } => send(out, &Packet::PubRel(Ack::new(pid)), a.version),
         }
     }
 }
@@ -107,6 +135,13 @@ fn write_publish(
             .fetch_add(1, Ordering::Relaxed);
         if let Some(id) = id {
             a.session.lock().inflight.remove(&id.get());
+            if let (Some(store), true) = (broker.store(), o.seq != 0 && a.session.is_persistent()) {
+                let done = Record::Done {
+                    client: &a.client_id,
+                    seq: o.seq,
+                };
+                a.needs = a.needs.max(store.append(&done));
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ use tern_proto::{
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::message::Message;
+use crate::persist;
+use tern_store::Record;
 
 pub(crate) fn handle_publish(
     broker: &Broker,
@@ -30,16 +32,27 @@ pub(crate) fn handle_publish(
             .because("topic longer or deeper than the broker allows"));
     }
     let packet_id = p.packet_id;
+    // What this message changes in the store, written as one frame: the QoS 2 packet id
+    // and the queue entries, so that after a crash either both are there or neither is.
+    let mut journal = None;
 
     if p.qos == QoS::ExactlyOnce {
         let Some(id) = packet_id else {
             return Err(Close::new(ReasonCode::PROTOCOL_ERROR)
                 .because("QoS 2 PUBLISH without a packet identifier"));
         };
+        if a.session.is_persistent() {
+            journal = broker.journal();
+        }
         let mut state = a.session.lock();
         if state.incoming_qos2.contains(&id.get()) {
-            // [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is acknowledged, not delivered again.
+            // [MQTT-4.3.3-10] a re-sent QoS 2 PUBLISH is acknowledged, not delivered again;
+            // not before the first copy's records are durable.
             drop(state);
+            drop(journal);
+            if let Some(store) = broker.store() {
+                a.needs = a.needs.max(store.last_commit());
+            }
             send(out, &Packet::PubRec(Ack::new(id)), a.version);
             return Ok(());
         }
@@ -49,6 +62,12 @@ pub(crate) fn handle_publish(
                 .because("more unreleased QoS 2 messages than the broker's Receive Maximum"));
         }
         state.incoming_qos2.insert(id.get());
+        if let Some(j) = journal.as_mut() {
+            j.push(&Record::IncomingQos2 {
+                client: &a.client_id,
+                packet_id: id.get(),
+            });
+        }
     }
 
     // A client may not publish into the broker's own `$` topics (section 4.7.2); the message
@@ -67,14 +86,16 @@ pub(crate) fn handle_publish(
             retain: p.retain,
             properties: forwarded_properties(&p.properties),
             publisher: a.client_id.clone(),
+            stored: Default::default(),
             encoded: Default::default(),
             expires_at: p
                 .properties
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
         };
-        broker.route(Arc::new(message))
+        broker.route_logged(Arc::new(message), &mut journal)
     };
+    a.needs = a.needs.max(persist::commit(journal));
 
     if let Some(id) = packet_id {
         let mut ack = Ack::new(id);
@@ -88,7 +109,7 @@ pub(crate) fn handle_publish(
             _ => {
                 // Section 4.3.3: a PUBREC with a failure code ends the exchange: no PUBREL comes.
                 if !ack.reason.is_success() && a.version.is_v5() {
-                    a.session.lock().incoming_qos2.remove(&id.get());
+                    super::ack::release_incoming(broker, a, id.get());
                 }
                 Packet::PubRec(ack)
             }

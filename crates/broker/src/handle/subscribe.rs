@@ -12,8 +12,10 @@ use tracing::debug;
 
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
+use crate::persist;
 use crate::session::{Outgoing, QueueLimit};
 use crate::tree::Subscriber;
+use tern_store::Record;
 
 pub(crate) fn handle_subscribe(
     broker: &Broker,
@@ -32,10 +34,12 @@ pub(crate) fn handle_subscribe(
     }
     let mut codes = Vec::new();
     let mut retained = Vec::new();
+    let mut a_needs = a.needs;
     for sub in s.subscriptions.iter() {
-        let code = subscribe_one(broker, a, sub, id, now, &mut retained);
+        let code = subscribe_one(broker, a, sub, id, now, &mut retained, &mut a_needs);
         codes.push(code);
     }
+    a.needs = a_needs;
     // [MQTT-3.8.4-1] SUBACK first, then the retained messages it unlocked.
     let suback = SubAck {
         packet_id: s.packet_id,
@@ -43,9 +47,11 @@ pub(crate) fn handle_subscribe(
         codes: List::Items(&codes),
     };
     send(out, &Packet::SubAck(suback), a.version);
+    let mut journal = broker.journal().filter(|_| a.session.is_persistent());
     for out in retained {
-        a.session.enqueue(out, QueueLimit::NONE);
+        a.session.enqueue(out, QueueLimit::NONE, journal.as_mut());
     }
+    a.needs = a.needs.max(persist::commit(journal));
     Ok(())
 }
 
@@ -57,6 +63,7 @@ fn subscribe_one(
     id: Option<u32>,
     now: Instant,
     retained: &mut Vec<Outgoing>,
+    needs: &mut u64,
 ) -> ReasonCode {
     let limits = &broker.limits;
     let shared = sub.filter.shared().is_some();
@@ -100,6 +107,15 @@ fn subscribe_one(
         .lock()
         .subscriptions
         .insert(sub.filter.as_str().to_owned(), (options, id));
+    if let (Some(store), true) = (broker.store(), a.session.is_persistent()) {
+        let record = Record::Subscribe {
+            client: &a.client_id,
+            filter: sub.filter.as_str(),
+            options: options.to_byte(),
+            id,
+        };
+        *needs = (*needs).max(store.append(&record));
+    }
 
     // Retained messages (section 3.3.1.3): not for shared subscriptions (section 4.8.2), and as
     // Retain Handling says [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11].
@@ -125,6 +141,7 @@ fn subscribe_one(
                 retain: true,
                 subscription_ids: id.into_iter().collect(),
                 via_share: None,
+                seq: 0,
             });
         }
     }
@@ -150,6 +167,13 @@ pub(crate) fn handle_unsubscribe(
             .remove(filter.as_str())
             .is_some();
         broker.tree_mut().remove(filter.as_str(), &a.client_id);
+        if let (Some(store), true) = (broker.store(), had && a.session.is_persistent()) {
+            let record = Record::Unsubscribe {
+                client: &a.client_id,
+                filter: filter.as_str(),
+            };
+            a.needs = a.needs.max(store.append(&record));
+        }
         codes.push(if had {
             ReasonCode::SUCCESS
         } else {

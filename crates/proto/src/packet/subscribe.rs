@@ -43,6 +43,16 @@ impl SubscriptionOptions {
         }
     }
 
+    /// The options as their MQTT 5 byte, for whoever stores them.
+    pub fn to_byte(&self) -> u8 {
+        self.encode(ProtocolVersion::V5)
+    }
+
+    /// Options from their MQTT 5 byte; `None` if the byte breaks a rule of section 3.8.3.1.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        Self::decode(byte, ProtocolVersion::V5).ok()
+    }
+
     fn decode(byte: u8, version: ProtocolVersion) -> Result<Self, DecodeError> {
         let qos = QoS::from_u8(byte & 0b11)?;
         if !version.is_v5() {

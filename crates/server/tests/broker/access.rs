@@ -33,7 +33,9 @@ impl AccessControl for Rules {
 }
 
 async fn guarded() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
     let mut config = tern_server::Config::default();
+    config.data_dir = dir.path().to_owned();
     config.listeners = vec![tern_server::config::ListenerConfig::tcp(
         "127.0.0.1:0".parse().unwrap(),
     )];
@@ -45,7 +47,8 @@ async fn guarded() -> TestBroker {
     TestBroker {
         server,
         addr,
-        _dir: tempfile::tempdir().unwrap(),
+        _dir: dir,
+        toml: String::new(),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The broker's data directory, removed when the test ends.
     pub _dir: tempfile::TempDir,
+    /// The configuration it was started with.
+    pub toml: String,
 }
 
 impl TestBroker {
@@ -30,19 +32,38 @@ impl TestBroker {
 
     /// A broker with extra configuration on top of a test listener on port 0.
     pub async fn with_config(toml: &str) -> TestBroker {
-        let dir = tempfile::tempdir().unwrap();
+        TestBroker::in_dir(toml, tempfile::tempdir().unwrap()).await
+    }
+
+    /// Stops the broker as SIGTERM does and starts it again on the same data directory.
+    pub async fn restart(self) -> TestBroker {
+        let TestBroker {
+            server, _dir, toml, ..
+        } = self;
+        server.shutdown().await;
+        TestBroker::in_dir(&toml, _dir).await
+    }
+
+    async fn in_dir(toml: &str, dir: tempfile::TempDir) -> TestBroker {
         let mut config = Config::parse(toml).unwrap();
         config.data_dir = dir.path().to_owned();
         config.listeners = vec![tern_server::config::ListenerConfig::tcp(
             "127.0.0.1:0".parse().unwrap(),
         )];
         config.sys.interval = 0;
+        // Most tests run on a paused clock, which jumps ahead whenever the runtime waits for
+        // something outside it, such as the store's writer thread: they keep everything in
+        // memory. The persistence tests ask for a store with a `[persistence]` table.
+        if !toml.contains("[persistence]") {
+            config.persistence.mode = tern_server::config::PersistenceMode::Off;
+        }
         let server = Server::start(&config).await.unwrap();
         let addr = server.local_addrs()[0];
         TestBroker {
             server,
             addr,
             _dir: dir,
+            toml: toml.to_owned(),
         }
     }
 

@@ -9,6 +9,7 @@ mod client;
 mod connect;
 mod limits;
 mod mqtt5;
+mod persistence;
 mod publish;
 mod session;
 mod subscribe;

@@ -1,0 +1,207 @@
+//! What the store keeps across a restart: persistent sessions with their subscriptions,
+//! queued and in-flight messages and QoS 2 state, and retained messages (section 4.1: the
+//! session state a server keeps). These run on the real clock with the store in `sync` mode;
+//! the crash tests (SIGKILL of the real process) are in `tests/interop/test_persistence.py`.
+
+use std::time::Duration;
+
+use tern_proto::{Ack, Packet, ProtocolVersion::*, QoS};
+
+use crate::client::{connect, pid, publish, TestBroker};
+
+const STORE: &str = "[persistence]\nmode = \"sync\"\n";
+
+#[tokio::test]
+async fn a_persistent_session_keeps_its_subscription_and_queue_across_a_restart() {
+    // [MQTT-4.1.0-1] the session state of a persistent session must be kept.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("cmd/#", QoS::AtLeastOnce, 1).await;
+    drop(s);
+    let mut p = broker.connect(V3_1_1, "pub").await;
+    for i in 1..=5u16 {
+        p.publish("cmd/led", format!("m{i}").as_bytes(), QoS::AtLeastOnce, i)
+            .await;
+    }
+    p.publish("cfg/name", b"kitchen", QoS::AtMostOnce, 0).await;
+    let retained = tern_proto::Publish {
+        retain: true,
+        ..publish("cfg/name", b"kitchen", QoS::AtLeastOnce, 9)
+    };
+    p.send(&Packet::Publish(retained)).await;
+    p.recv(|_| ()).await;
+    drop(p);
+
+    let broker = broker.restart().await;
+    // The queued messages arrive, in order [MQTT-4.6.0-1]; Session Present is 1.
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
+        .await;
+    s.expect_connack(true, 0).await;
+    for i in 1..=5 {
+        let m = s.expect_publish().await;
+        assert_eq!(m.payload, format!("m{i}").as_bytes());
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        s.ack(Packet::PubAck(Ack::new(pid(m.packet_id.unwrap()))))
+            .await;
+    }
+    // The subscription survived: a new message reaches it.
+    let mut p = broker.connect(V3_1_1, "pub").await;
+    p.publish("cmd/led", b"after", QoS::AtLeastOnce, 1).await;
+    assert_eq!(s.expect_publish().await.payload, b"after");
+    // The retained message survived.
+    let mut late = broker.connect(V3_1_1, "late").await;
+    late.subscribe("cfg/#", QoS::AtMostOnce, 1).await;
+    let m = late.expect_publish().await;
+    assert_eq!((m.topic.as_str(), m.retain), ("cfg/name", true));
+    assert_eq!(m.payload, b"kitchen");
+    // Acknowledged messages are gone for good.
+    drop(s);
+    let broker = broker.restart().await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
+        .await;
+    s.expect_connack(true, 0).await;
+    let m = s.expect_publish().await;
+    assert_eq!(
+        m.payload, b"after",
+        "only the unacknowledged message is left"
+    );
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_is_resent_with_dup_and_the_same_packet_id() {
+    // [MQTT-4.4.0-1] on resuming a session, unacknowledged PUBLISH packets are re-sent with
+    // their original packet identifiers; [MQTT-3.3.1-1] DUP is set.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("a", QoS::ExactlyOnce, 1).await;
+    let mut p = broker.connect(V3_1_1, "pub").await;
+    p.publish("a", b"one", QoS::AtLeastOnce, 1).await;
+    p.publish("a", b"two", QoS::ExactlyOnce, 2).await;
+    let first = s.expect_publish().await;
+    let second = s.expect_publish().await;
+    assert_eq!(second.qos, QoS::ExactlyOnce);
+    // PUBREC for the second only: it is released, not re-sent; the first is re-sent.
+    s.ack(Packet::PubRec(Ack::new(pid(second.packet_id.unwrap()))))
+        .await;
+    s.recv(|p| assert!(matches!(p, Packet::PubRel(_)), "{p:?}"))
+        .await;
+    drop(s);
+    drop(p);
+
+    let broker = broker.restart().await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
+        .await;
+    s.expect_connack(true, 0).await;
+    let again = s.expect_publish().await;
+    assert_eq!(again.payload, b"one");
+    assert!(again.dup);
+    assert_eq!(again.packet_id, first.packet_id);
+    // [MQTT-4.4.0-1] and the PUBREL of the released one.
+    let rel = s
+        .recv(|p| match p {
+            Packet::PubRel(a) => a.packet_id.get(),
+            other => panic!("{other:?}"),
+        })
+        .await;
+    assert_eq!(Some(rel), second.packet_id);
+    s.ack(Packet::PubComp(Ack::new(pid(rel)))).await;
+    s.ack(Packet::PubAck(Ack::new(pid(again.packet_id.unwrap()))))
+        .await;
+    s.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_qos2_packet_id_received_before_a_restart_is_not_delivered_twice() {
+    // [MQTT-4.3.3-10] until PUBREL, a re-sent QoS 2 PUBLISH with the same packet id is not a
+    // new message: the broker remembers the id across a restart.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "sub", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("x", QoS::AtLeastOnce, 1).await;
+    let mut p = broker.raw(V3_1_1).await;
+    p.send(&Packet::Connect(connect(V3_1_1, "pub", false)))
+        .await;
+    p.expect_connack(false, 0).await;
+    p.send(&Packet::Publish(publish("x", b"once", QoS::ExactlyOnce, 7)))
+        .await;
+    p.recv(|p| assert!(matches!(p, Packet::PubRec(_)), "{p:?}"))
+        .await;
+    let m = s.expect_publish().await;
+    s.ack(Packet::PubAck(Ack::new(pid(m.packet_id.unwrap()))))
+        .await;
+    // A round trip: the PUBACK was handled before the restart.
+    s.send(&Packet::PingReq).await;
+    s.recv(|p| assert!(matches!(p, Packet::PingResp), "{p:?}"))
+        .await;
+    drop(p);
+    drop(s);
+
+    let broker = broker.restart().await;
+    let mut p = broker.raw(V3_1_1).await;
+    p.send(&Packet::Connect(connect(V3_1_1, "pub", false)))
+        .await;
+    p.expect_connack(true, 0).await;
+    // The publisher did not see PUBCOMP: it sends the PUBLISH again with DUP, then PUBREL.
+    let again = tern_proto::Publish {
+        dup: true,
+        ..publish("x", b"once", QoS::ExactlyOnce, 7)
+    };
+    p.send(&Packet::Publish(again)).await;
+    p.recv(|p| assert!(matches!(p, Packet::PubRec(_)), "{p:?}"))
+        .await;
+    p.send(&Packet::PubRel(Ack::new(pid(7)))).await;
+    p.recv(|p| match p {
+        Packet::PubComp(a) => assert_eq!(a.reason.value(), 0, "the id was known"),
+        other => panic!("{other:?}"),
+    })
+    .await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "sub", false)))
+        .await;
+    s.expect_connack(true, 0).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn clean_sessions_and_expired_sessions_are_not_kept() {
+    // [MQTT-3.1.2-6] (3.1.1) a Clean Session ends with its connection; [MQTT-3.1.2-4] Clean
+    // Start discards a stored session.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut clean = broker.connect(V3_1_1, "clean").await;
+    clean.subscribe("t", QoS::AtLeastOnce, 1).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "kept", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("t", QoS::AtLeastOnce, 1).await;
+    drop(s);
+    drop(clean);
+    let broker = broker.restart().await;
+    let mut again = broker.raw(V3_1_1).await;
+    again
+        .send(&Packet::Connect(connect(V3_1_1, "clean", false)))
+        .await;
+    again.expect_connack(false, 0).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "kept", true)))
+        .await;
+    s.expect_connack(false, 0).await;
+    drop(s);
+    drop(again);
+    let broker = broker.restart().await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "kept", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+}
