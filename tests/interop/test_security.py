@@ -132,11 +132,19 @@ import mqtt from "mqtt";
 import fs from "fs";
 const [url, ca] = [process.argv[2], process.argv[3]];
 const c = mqtt.connect(url, { username: "alice", password: "alice-pw", protocolVersion: 5, ca: fs.readFileSync(ca), reconnectPeriod: 0 });
-c.on("error", (e) => { console.log("error " + e.message); process.exit(1); });
+let done = false;
+c.on("error", (e) => { if (!done) { console.log("error " + e.message); process.exit(1); } });
 c.on("connect", async () => {
-  c.on("message", async (t, p) => { console.log(t + " " + p.toString()); await c.endAsync(); });
+  const got = new Promise((resolve) => c.on("message", (t, p) => resolve(t + " " + p.toString())));
   await c.subscribeAsync("home/alice/js", { qos: 1 });
   await c.publishAsync("home/alice/js", "over websocket", { qos: 1 });
+  const line = await got;
+  // The message and the PUBACK are both in: what the connection does while closing is not
+  // part of the check.
+  done = true;
+  console.log(line);
+  await c.endAsync();
+  process.exit(0);
 });
 """
     (HERE / "ws_check.mjs").write_text(script)
