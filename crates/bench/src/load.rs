@@ -54,6 +54,8 @@ pub struct Settings {
     pub version: ProtocolVersion,
     /// Messages per second in all, for `latency` (open loop: the window is not used).
     pub rate: u64,
+    /// Clients keep persistent sessions (client ids are unique per run, so none is resumed).
+    pub persistent: bool,
 }
 
 /// What happened.
@@ -121,9 +123,13 @@ impl Conn {
         };
         let connect = Connect {
             version: s.version,
-            clean_start: true,
+            // 3.1.1 keeps a session only with Clean Session 0; MQTT 5 by its expiry.
+            clean_start: !s.persistent || s.version.is_v5(),
             keep_alive: 0,
-            properties: Properties::default(),
+            properties: Properties {
+                session_expiry_interval: (s.persistent && s.version.is_v5()).then_some(300),
+                ..Properties::default()
+            },
             client_id,
             will: None,
             username: None,

@@ -30,6 +30,7 @@ fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Setti
         window: 50,
         version: ProtocolVersion::V3_1_1,
         rate: 300,
+        persistent: false,
     }
 }
 

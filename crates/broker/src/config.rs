@@ -65,7 +65,7 @@ impl Default for Limits {
             wildcard_subscriptions: true,
             shared_subscriptions: true,
             subscription_identifiers: true,
-            max_queued_messages: 1000,
+            max_queued_messages: 100_000,
             max_queued_bytes: 64 * 1024 * 1024,
             max_inflight: 100,
             max_connections: 100_000,

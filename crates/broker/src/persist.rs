@@ -300,6 +300,12 @@ impl Broker {
                     }
                 }
                 state.incoming_qos2 = rs.incoming_qos2.into_iter().collect();
+                for seq in rs.finished {
+                    journal.push(&Record::Done {
+                        client: &client,
+                        seq,
+                    });
+                }
                 if was_connected {
                     // Its connection ended with the broker: expiry counts from now.
                     let record = session_record(store, &client, &state, will.as_ref());

@@ -67,6 +67,10 @@ struct BenchArgs {
     /// Protocol version: 311 or 5.
     #[arg(short = 'V', long, default_value = "311")]
     protocol_version: String,
+    /// Every client keeps a persistent session (3.1.1 Clean Session 0, MQTT 5 Session Expiry
+    /// 300 s), so a broker that persists must write the messages it queues to disk.
+    #[arg(long)]
+    persistent: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -245,6 +249,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         window: args.window.max(1),
         version,
         rate: args.rate.max(1),
+        persistent: args.persistent,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,9 @@ struct EntryImage {
     record: Box<[u8]>,
     message: u64,
     state: EntryState,
+    /// When its state last changed, in replay order: of two entries that claim one packet id
+    /// (the first one's Done record was lost in a crash), the later one is the live one.
+    stamp: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +73,8 @@ pub(crate) struct Image {
     sessions: HashMap<Box<str>, SessionImage>,
     /// The highest message id or entry number seen.
     pub(crate) max_id: u64,
+    /// Records applied, for entry stamps.
+    clock: u64,
 }
 
 impl Image {
@@ -85,6 +90,8 @@ impl Image {
     /// Applies one record, whose bytes are `raw` and sit at `loc`. Records about a session the
     /// image does not hold are ignored: it was dropped, and they came after.
     pub(crate) fn apply(&mut self, record: &Record<'_>, raw: &[u8], loc: Loc) {
+        self.clock += 1;
+        let stamp = self.clock;
         match record {
             Record::Retain(m) => {
                 self.retained.insert(m.topic.into(), loc);
@@ -132,6 +139,7 @@ impl Image {
                         record: raw.into(),
                         message: e.message,
                         state: EntryState::Queued,
+                        stamp,
                     },
                 );
                 if let Some(m) = self.messages.get_mut(&e.message) {
@@ -153,6 +161,7 @@ impl Image {
                 {
                     if !matches!(e.state, EntryState::Released(_)) {
                         e.state = EntryState::Sent(*packet_id);
+                        e.stamp = stamp;
                     }
                 }
             }
@@ -168,6 +177,7 @@ impl Image {
                     return;
                 };
                 e.state = EntryState::Released(packet_id);
+                e.stamp = stamp;
                 let message = e.message;
                 self.unref(message);
             }
@@ -241,7 +251,10 @@ impl Image {
                 emit(sub)?;
                 records += 1;
             }
-            for (seq, e) in &s.entries {
+            // In the order their states changed, so stamps compare the same after a replay.
+            let mut entries: Vec<(&u64, &EntryImage)> = s.entries.iter().collect();
+            entries.sort_by_key(|(_, e)| e.stamp);
+            for (seq, e) in entries {
                 emit(&e.record)?;
                 records += 1;
                 let (packet_id, released) = match e.state {
@@ -327,7 +340,23 @@ impl Image {
                     session.subscriptions.push((filter.to_owned(), options, id));
                 }
             }
-            for e in s.entries.values() {
+            // The live claim on each packet id: the entry whose state changed last.
+            let mut claims: HashMap<u16, (u64, u64)> = HashMap::new();
+            for (seq, e) in &s.entries {
+                if let EntryState::Sent(id) | EntryState::Released(id) = e.state {
+                    let claim = claims.entry(id).or_insert((*seq, e.stamp));
+                    if e.stamp > claim.1 {
+                        *claim = (*seq, e.stamp);
+                    }
+                }
+            }
+            for (seq, e) in &s.entries {
+                if let EntryState::Sent(id) | EntryState::Released(id) = e.state {
+                    if claims.get(&id).is_some_and(|(live, _)| live != seq) {
+                        session.finished.push(*seq);
+                        continue;
+                    }
+                }
                 if let Ok((Record::Enqueue(data), _)) = Record::decode(&e.record) {
                     session.entries.push(RecoveredEntry::new(&data, e.state));
                 }
@@ -426,6 +455,9 @@ pub struct RecoveredSession {
     pub entries: Vec<RecoveredEntry>,
     /// QoS 2 packet ids received and not released.
     pub incoming_qos2: Vec<u16>,
+    /// Entries whose packet id a later entry took: they were finished and their Done record
+    /// lost in a crash. The broker records them as done.
+    pub finished: Vec<u64>,
 }
 
 impl From<&SessionData<'_>> for RecoveredSession {
@@ -440,6 +472,7 @@ impl From<&SessionData<'_>> for RecoveredSession {
             subscriptions: Vec::new(),
             entries: Vec::new(),
             incoming_qos2: Vec::new(),
+            finished: Vec::new(),
         }
     }
 }

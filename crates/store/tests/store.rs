@@ -463,3 +463,63 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn of_two_entries_claiming_one_packet_id_the_later_is_live() {
+    // A crash lost the Done of entry 1 (its PUBCOMP came, packet id 5 was freed); entry 2 was
+    // then sent with id 5. Only entry 2 may be resumed, and entry 1 is reported finished.
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |seq, message| {
+        Record::Enqueue(EntryData {
+            client: "c",
+            seq,
+            message,
+            qos: 2,
+            retain: false,
+            subscription_ids: Cow::Borrowed(&[]),
+            share: None,
+        })
+    };
+    {
+        let (store, _, _) = Store::open(dir.path(), options()).unwrap();
+        for record in [
+            Record::Session(SessionData {
+                client: "c",
+                expiry_interval: u32::MAX,
+                version: 4,
+                username: None,
+                disconnected_at: None,
+                will: None,
+            }),
+            Record::Message {
+                id: 1,
+                message: message("t", b"first"),
+            },
+            entry(10, 1),
+            Record::Message {
+                id: 2,
+                message: message("t", b"second"),
+            },
+            entry(11, 2),
+            Record::Sent {
+                client: "c",
+                seq: 10,
+                packet_id: 5,
+            },
+            Record::Released { client: "c", seq: 10 },
+            Record::Sent {
+                client: "c",
+                seq: 11,
+                packet_id: 5,
+            },
+        ] {
+            store.append(&record);
+        }
+        store.close();
+    }
+    let (_store, recovered, _) = Store::open(dir.path(), options()).unwrap();
+    let s = &recovered.sessions[0];
+    assert_eq!(s.finished, vec![10]);
+    assert_eq!(s.entries.len(), 1);
+    assert_eq!((s.entries[0].seq, s.entries[0].state), (11, EntryState::Sent(5)));
+}

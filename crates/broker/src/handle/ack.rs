@@ -1,7 +1,11 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP from a client: the QoS 1 and 2 handshakes.
 //!
 //! Each step of a stored message is recorded after the session's lock is released (lock
-//! order: the store, then a session), before the connection's next output is sent.
+//! order: the store, then a session). What a crash must not undo makes the connection's
+//! output wait for the disk: PUBREC received (after the PUBREL that follows, the subscriber may
+//! forget the packet id, so the PUBLISH must never be sent again) and a released QoS 2 packet
+//! id of the client's own (after PUBCOMP the publisher may reuse the id). A lost Done record
+//! only means a message or a PUBREL is sent again after a crash, which QoS 1 and 2 allow.
 
 use tern_proto::{Ack, Packet, ReasonCode};
 use tern_store::Record;
@@ -10,10 +14,14 @@ use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::session::Inflight;
 
-/// Records `record` for a persistent session and makes the connection's output wait for it.
-fn log(broker: &Broker, a: &mut Attached, record: Record<'_>) {
+/// Records `record` for a persistent session; with `wait`, the connection's output waits
+/// for it to be durable.
+fn log(broker: &Broker, a: &mut Attached, record: Record<'_>, wait: bool) {
     if let (Some(store), true) = (broker.store(), a.session.is_persistent()) {
-        a.needs = a.needs.max(store.append(&record));
+        let lsn = store.append(&record);
+        if wait {
+            a.needs = a.needs.max(lsn);
+        }
     }
 }
 
@@ -40,6 +48,7 @@ pub(crate) fn handle_puback(broker: &Broker, a: &mut Attached, ack: Ack<'_>) -> 
                 client: &client,
                 seq,
             },
+            false,
         );
     }
     Ok(())
@@ -72,6 +81,7 @@ pub(crate) fn handle_pubrec(
                     client: &client,
                     seq,
                 },
+                false,
             );
         }
         return Ok(());
@@ -89,6 +99,7 @@ pub(crate) fn handle_pubrec(
                         client: &client,
                         seq,
                     },
+                    true,
                 );
             }
         }
@@ -113,6 +124,7 @@ pub(crate) fn release_incoming(broker: &Broker, a: &mut Attached, id: u16) -> bo
                 client: &client,
                 packet_id: id,
             },
+            true,
         );
     }
     known
@@ -157,6 +169,7 @@ pub(crate) fn handle_pubcomp(broker: &Broker, a: &mut Attached, ack: Ack<'_>) ->
                 client: &client,
                 seq,
             },
+            false,
         );
     }
     Ok(())

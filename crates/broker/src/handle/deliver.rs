@@ -27,6 +27,7 @@ pub(crate) fn flush(
     let mut expired = 0u64;
     // Store entries that were sent (seq, packet id) or expired (seq, None).
     let mut logged: Vec<(u64, Option<u16>)> = Vec::new();
+    let mut qos2_sent = false;
     {
         let mut state = a.session.lock();
         if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
@@ -54,6 +55,7 @@ pub(crate) fn flush(
             };
             if next.seq != 0 {
                 logged.push((next.seq, Some(id.get())));
+                qos2_sent |= next.qos == QoS::ExactlyOnce;
             }
             state
                 .inflight
@@ -63,8 +65,9 @@ pub(crate) fn flush(
     }
     if !logged.is_empty() && a.session.is_persistent() {
         if let Some(store) = broker.store() {
-            // Recorded as sent before it is sent: the output waits for this record, so after
-            // a crash the message is re-sent with DUP under the same packet id.
+            // A QoS 2 message is sent only once its packet id is durable: after a crash it is
+            // re-sent with DUP under the same id, which the client recognises [MQTT-4.3.3-10],
+            // not as a new message. A QoS 1 copy sent again as new is allowed.
             let client = &a.client_id;
             let mut txn = store.begin();
             for (seq, packet_id) in logged {
@@ -77,7 +80,10 @@ pub(crate) fn flush(
                     None => Record::Done { client, seq },
                 });
             }
-            a.needs = a.needs.max(txn.commit());
+            let lsn = txn.commit();
+            if qos2_sent {
+                a.needs = a.needs.max(lsn);
+            }
         }
     }
     broker
@@ -140,7 +146,7 @@ fn write_publish(
                     client: &a.client_id,
                     seq: o.seq,
                 };
-                a.needs = a.needs.max(store.append(&done));
+                store.append(&done);
             }
         }
     }
