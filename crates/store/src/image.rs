@@ -42,7 +42,8 @@ struct StoredMessage {
 }
 
 struct EntryImage {
-    record: Box<[u8]>,
+    /// Where its Enqueue record is (entries are many: no copy of their bytes in memory).
+    loc: Loc,
     message: u64,
     state: EntryState,
     /// When its state last changed, in replay order: of two entries that claim one packet id
@@ -63,6 +64,14 @@ struct SessionImage {
 pub(crate) struct Relocation {
     retained: Vec<Loc>,
     messages: Vec<Loc>,
+    entries: Vec<Loc>,
+}
+
+/// A session's entries in the order their states changed.
+fn by_stamp(s: &SessionImage) -> Vec<u64> {
+    let mut seqs: Vec<(u64, u64)> = s.entries.iter().map(|(q, e)| (e.stamp, *q)).collect();
+    seqs.sort_unstable();
+    seqs.into_iter().map(|(_, q)| q).collect()
 }
 
 /// The durable state, as the log describes it.
@@ -136,7 +145,7 @@ impl Image {
                 let old = s.entries.insert(
                     e.seq,
                     EntryImage {
-                        record: raw.into(),
+                        loc,
                         message: e.message,
                         state: EntryState::Queued,
                         stamp,
@@ -252,10 +261,11 @@ impl Image {
                 records += 1;
             }
             // In the order their states changed, so stamps compare the same after a replay.
-            let mut entries: Vec<(&u64, &EntryImage)> = s.entries.iter().collect();
-            entries.sort_by_key(|(_, e)| e.stamp);
-            for (seq, e) in entries {
-                emit(&e.record)?;
+            for seq in &by_stamp(s) {
+                let Some(e) = s.entries.get(seq) else {
+                    continue;
+                };
+                moved.entries.push(emit(&read(e.loc)?)?);
                 records += 1;
                 let (packet_id, released) = match e.state {
                     EntryState::Queued => continue,
@@ -300,6 +310,14 @@ impl Image {
         }
         for (m, new) in self.messages.values_mut().zip(moved.messages) {
             m.loc = new;
+        }
+        let mut entries = moved.entries.into_iter();
+        for s in self.sessions.values_mut() {
+            for seq in by_stamp(s) {
+                if let (Some(e), Some(new)) = (s.entries.get_mut(&seq), entries.next()) {
+                    e.loc = new;
+                }
+            }
         }
     }
 
@@ -357,7 +375,10 @@ impl Image {
                         continue;
                     }
                 }
-                if let Ok((Record::Enqueue(data), _)) = Record::decode(&e.record) {
+                let Some(raw) = bytes(e.loc) else {
+                    continue;
+                };
+                if let Ok((Record::Enqueue(data), _)) = Record::decode(raw) {
                     session.entries.push(RecoveredEntry::new(&data, e.state));
                 }
             }

@@ -160,6 +160,10 @@ struct Pending {
     lsn: u64,
     /// The writer is to finish what is pending and stop.
     closing: bool,
+    /// The writer is asleep on the condition variable: only then does a commit wake it (a
+    /// wake is a system call; while it writes or flushes, commits just pile up for its next
+    /// turn).
+    idle: bool,
 }
 
 struct Shared {
@@ -211,7 +215,10 @@ impl Txn<'_> {
             return 0;
         }
         self.pending.lsn += 1;
-        self.shared.wake.notify_one();
+        if self.pending.idle {
+            self.pending.idle = false;
+            self.shared.wake.notify_one();
+        }
         self.pending.lsn
     }
 }
@@ -368,6 +375,7 @@ impl Store {
                 buf: Vec::new(),
                 lsn: 0,
                 closing: false,
+                idle: false,
             }),
             wake: Condvar::new(),
         });
@@ -648,6 +656,7 @@ impl Writer {
             let (lsn, closing) = {
                 let mut p = lock(&shared.pending);
                 while p.buf.is_empty() && !p.closing {
+                    p.idle = true;
                     match self.options.durability {
                         Durability::Periodic(every) if unflushed => {
                             let left = every.saturating_sub(last_flush.elapsed());
@@ -663,6 +672,7 @@ impl Writer {
                         _ => p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
                     }
                 }
+                p.idle = false;
                 std::mem::swap(&mut p.buf, &mut batch);
                 (p.lsn, p.closing)
             };

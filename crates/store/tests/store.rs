@@ -506,7 +506,10 @@ fn of_two_entries_claiming_one_packet_id_the_later_is_live() {
                 seq: 10,
                 packet_id: 5,
             },
-            Record::Released { client: "c", seq: 10 },
+            Record::Released {
+                client: "c",
+                seq: 10,
+            },
             Record::Sent {
                 client: "c",
                 seq: 11,
@@ -521,5 +524,8 @@ fn of_two_entries_claiming_one_packet_id_the_later_is_live() {
     let s = &recovered.sessions[0];
     assert_eq!(s.finished, vec![10]);
     assert_eq!(s.entries.len(), 1);
-    assert_eq!((s.entries[0].seq, s.entries[0].state), (11, EntryState::Sent(5)));
+    assert_eq!(
+        (s.entries[0].seq, s.entries[0].state),
+        (11, EntryState::Sent(5))
+    );
 }
