@@ -8,13 +8,8 @@ use std::borrow::Cow;
 
 use tern_store::{EntryData, MessageData, Options, Record, SessionData, Store};
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let dir = std::path::Path::new(&args[1]).join("store");
-    let retained: u64 = args[2].parse().unwrap();
-    let sessions: u64 = args[3].parse().unwrap();
-    let (store, _, _) = Store::open(&dir, Options::default()).unwrap();
-    let message = |topic| MessageData {
+fn message(topic: &str) -> MessageData<'_> {
+    MessageData {
         topic,
         payload: &[b'x'; 64],
         qos: 1,
@@ -22,7 +17,15 @@ fn main() {
         properties: &[],
         publisher: "filler",
         expires_at: None,
-    };
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::Path::new(&args[1]).join("store");
+    let retained: u64 = args[2].parse().unwrap();
+    let sessions: u64 = args[3].parse().unwrap();
+    let (store, _, _) = Store::open(&dir, Options::default()).unwrap();
     for chunk in 0..retained.div_ceil(1000) {
         let mut txn = store.begin();
         for i in 0..1000.min(retained - chunk * 1000) {
