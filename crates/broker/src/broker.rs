@@ -234,6 +234,7 @@ impl Broker {
                         subscription_ids: sub.id.into_iter().collect(),
                         via_share: sub.share.clone(),
                         seq: 0,
+                        offloaded: false,
                     },
                 )),
             }

@@ -58,7 +58,9 @@ impl<'s> Journal<'s> {
     pub(crate) fn enqueue(&mut self, client: &str, out: &Outgoing) {
         let store = self.store;
         let id = *out.message.stored.get_or_init(|| store.next_id());
-        if !self.messages.contains(&id) {
+        // An offloaded entry's message is in the store already, and stays there while the
+        // entry moving it (written before the old entry is finished) needs it.
+        if !self.messages.contains(&id) && !out.offloaded {
             self.messages.push(id);
             let data = message_data(store, &out.message);
             self.txn.push(&Record::Message { id, message: data });
@@ -179,7 +181,7 @@ pub(crate) fn write_whole_session(
     }
 }
 
-fn owned_message(store: &Store, m: OwnedMessage, now: Instant) -> Option<Message> {
+pub(crate) fn owned_message(store: &Store, m: OwnedMessage, now: Instant) -> Option<Message> {
     Some(Message {
         topic: Arc::from(m.topic),
         payload: m.payload,
@@ -201,7 +203,73 @@ fn version_of(level: u8) -> ProtocolVersion {
     }
 }
 
+/// Queue entries a persistent session keeps in memory: an offline one the head it sends first
+/// when it comes back, an online one well over its in-flight window.
+const KEEP_OFFLINE: usize = 100;
+const KEEP_ONLINE: usize = 1000;
+
+/// What stays in memory of an offloaded message: what the queue needs without the payload
+/// (topic for the subscriber's limits, expiry, the store id to read it back).
+fn stand_in(m: &Message, id: u64) -> Message {
+    Message {
+        topic: m.topic.clone(),
+        payload: Vec::new(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: PropertiesBuf::default(),
+        publisher: m.publisher.clone(),
+        expires_at: m.expires_at,
+        stored: std::sync::OnceLock::from(id),
+        encoded: Default::default(),
+    }
+}
+
 impl Broker {
+    /// Takes out of memory the payloads of queued messages beyond the head of each persistent
+    /// session's queue, once they are on disk: a session that is offline for a long time, or
+    /// a subscriber that reads slowly, then costs memory for its head only. Delivery reads them
+    /// back (`handle/deliver.rs`). Returns how many entries were offloaded; the server calls
+    /// it every second.
+    pub fn offload(&self) -> usize {
+        let Some(store) = self.store() else {
+            return 0;
+        };
+        let sessions: Vec<Arc<Session>> = self
+            .sessions()
+            .values()
+            .filter(|s| s.is_persistent())
+            .cloned()
+            .collect();
+        let mut offloaded = 0;
+        for session in sessions {
+            let mut state = session.lock();
+            let keep = if state.owner.is_some() {
+                KEEP_ONLINE
+            } else {
+                KEEP_OFFLINE
+            };
+            for i in keep..state.queue.len() {
+                let Some(out) = state.queue.get(i) else {
+                    break;
+                };
+                if out.offloaded || out.seq == 0 {
+                    continue;
+                }
+                // Not on disk yet (its frame is still being written): the next pass takes it.
+                let Some(id) = out.message.stored.get().copied() else {
+                    continue;
+                };
+                if !store.has_message(id) {
+                    continue;
+                }
+                let stub = Arc::new(stand_in(&out.message, id));
+                state.queue.replace_message(i, stub, true);
+                offloaded += 1;
+            }
+        }
+        offloaded
+    }
+
     /// Rebuilds retained messages and persistent sessions from what the store recovered. Every
     /// session starts disconnected; sessions that were connected when the broker stopped count
     /// as disconnected now. Returns the wills still to publish, with what is left of their delay.
@@ -291,6 +359,7 @@ impl Broker {
                         subscription_ids: e.subscription_ids,
                         via_share: e.share.as_deref().map(Arc::from),
                         seq: e.seq,
+                        offloaded: false,
                     };
                     match e.state {
                         EntryState::Sent(packet_id) => {

@@ -35,10 +35,13 @@ pub struct Outgoing {
     /// Its entry number in the store (0: not stored: QoS 0, or a session that is not
     /// persistent).
     pub seq: u64,
+    /// The message's payload is not in memory: `message` is a stand-in with its topic and
+    /// expiry, and the whole message is read back from the store before it is sent.
+    pub offloaded: bool,
 }
 
 impl Outgoing {
-    /// What this message costs a queue: its payload and topic.
+    /// What this message costs a queue's memory: its payload and topic.
     pub fn size(&self) -> usize {
         self.message.payload.len() + self.message.topic.len()
     }
@@ -65,6 +68,11 @@ impl Queue {
     /// Bytes of payload and topic waiting.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The message at `index` (0: the oldest).
+    pub fn get(&self, index: usize) -> Option<&Outgoing> {
+        self.items.get(index)
     }
 
     /// The messages, oldest first.
@@ -94,6 +102,17 @@ impl Queue {
         let out = self.items.pop_front()?;
         self.bytes -= out.size();
         Some(out)
+    }
+
+    /// Swaps the message of the entry at `index` (taking it out of memory or back), keeping
+    /// the byte count right.
+    pub(crate) fn replace_message(&mut self, index: usize, message: Arc<Message>, offloaded: bool) {
+        if let Some(out) = self.items.get_mut(index) {
+            self.bytes -= out.size();
+            out.message = message;
+            out.offloaded = offloaded;
+            self.bytes += out.size();
+        }
     }
 
     /// Takes the message at `index`.

@@ -404,7 +404,8 @@ fn websocket_check(
     }
 }
 
-/// Removes sessions whose expiry interval has run out while disconnected.
+/// Every second: removes sessions whose expiry interval has run out while disconnected, and
+/// takes long queues of persistent sessions out of memory (`Broker::offload`).
 async fn expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -413,6 +414,10 @@ async fn expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
                 let n = broker.expire_sessions(now());
                 if n > 0 {
                     info!(sessions = n, "expired sessions removed");
+                }
+                let n = broker.offload();
+                if n > 0 {
+                    debug!(messages = n, "queued messages taken out of memory (they are on disk)");
                 }
             }
             _ = shutdown.changed() => return,

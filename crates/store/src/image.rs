@@ -6,6 +6,7 @@
 //! an index, not a second copy of every payload.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::record::{EntryData, MessageData, Record, SessionData};
 
@@ -84,6 +85,18 @@ pub(crate) struct Image {
     pub(crate) max_id: u64,
     /// Records applied, for entry stamps.
     clock: u64,
+    /// Where each stored message is, shared with readers (`Store::read_message`).
+    pub(crate) index: MessageIndex,
+}
+
+/// Message id to the place of its record, for reading a message back while the broker runs.
+#[derive(Default, Clone)]
+pub(crate) struct MessageIndex(Arc<Mutex<HashMap<u64, Loc>>>);
+
+impl MessageIndex {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<u64, Loc>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Image {
@@ -92,6 +105,7 @@ impl Image {
             m.refs = m.refs.saturating_sub(1);
             if m.refs == 0 {
                 self.messages.remove(&message);
+                self.index.lock().remove(&message);
             }
         }
     }
@@ -114,6 +128,7 @@ impl Image {
                     .entry(*id)
                     .and_modify(|m| m.loc = loc)
                     .or_insert(StoredMessage { loc, refs: 0 });
+                self.index.lock().insert(*id, loc);
             }
             Record::Session(s) => {
                 self.sessions.entry(s.client.into()).or_default().record = raw.into();
@@ -219,6 +234,8 @@ impl Image {
     /// Forgets messages no queue entry needs (a message record whose entries never came).
     pub(crate) fn prune(&mut self) {
         self.messages.retain(|_, m| m.refs > 0);
+        let mut index = self.index.lock();
+        index.retain(|id, _| self.messages.contains_key(id));
     }
 
     /// Counts, for logs and tests: retained messages, stored messages, sessions, queue entries.
@@ -308,9 +325,12 @@ impl Image {
         for (loc, new) in self.retained.values_mut().zip(moved.retained) {
             *loc = new;
         }
-        for (m, new) in self.messages.values_mut().zip(moved.messages) {
+        let mut index = self.index.lock();
+        for ((id, m), new) in self.messages.iter_mut().zip(moved.messages) {
             m.loc = new;
+            index.insert(*id, new);
         }
+        drop(index);
         let mut entries = moved.entries.into_iter();
         for s in self.sessions.values_mut() {
             for seq in by_stamp(s) {

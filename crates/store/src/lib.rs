@@ -39,7 +39,11 @@ pub use image::{EntryState, OwnedMessage, Recovered, RecoveredEntry, RecoveredSe
 pub use record::{EntryData, MessageData, Record, RecordError, SessionData, FORMAT_VERSION};
 
 use frame::{BadFrame, HeaderError, HEADER_LEN, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
-use image::{FileId, Image, Loc};
+use image::{FileId, Image, Loc, MessageIndex};
+
+/// Files open for reading messages back, shared by readers and the writer (which forgets the
+/// files a snapshot replaced).
+type FileCache = Arc<Mutex<HashMap<FileId, Arc<File>>>>;
 
 /// When an acknowledged change is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +187,8 @@ pub struct Store {
     next_id: AtomicU64,
     anchor: (Instant, u64),
     dir: PathBuf,
+    index: MessageIndex,
+    files: FileCache,
     _lock: File,
 }
 
@@ -369,6 +375,8 @@ impl Store {
         };
         let since_snapshot = report.bytes.saturating_sub(snapshot_len);
         let next_id = image.max_id + 1;
+        let index = image.index.clone();
+        let files: FileCache = Arc::default();
         let (durable_tx, durable_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -390,6 +398,7 @@ impl Store {
             durable: durable_tx,
             since_snapshot,
             snapshot_len,
+            files: files.clone(),
         };
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -406,6 +415,8 @@ impl Store {
             next_id: AtomicU64::new(next_id),
             anchor: (Instant::now(), wall),
             dir: dir.to_owned(),
+            index,
+            files,
             _lock: lock_file,
         };
         Ok((store, recovered, report))
@@ -438,6 +449,49 @@ impl Store {
     /// store, so a late record about an old entry cannot touch a new one.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether message `id` is on disk and can be read back with [`Store::read_message`]
+    /// (its record has been written and not yet forgotten).
+    pub fn has_message(&self, id: u64) -> bool {
+        self.index.lock().contains_key(&id)
+    }
+
+    /// Reads stored message `id` back from its file (for a queue entry the broker took out of
+    /// memory). `None` if the store does not hold it.
+    pub fn read_message(&self, id: u64) -> Option<OwnedMessage> {
+        // Twice: a snapshot may move the record and delete its file between the two steps.
+        for _ in 0..2 {
+            let loc = *self.index.lock().get(&id)?;
+            let cached = self
+                .files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&loc.file)
+                .cloned();
+            let file = match cached {
+                Some(f) => f,
+                None => match File::open(file_path(&self.dir, loc.file)) {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        self.files
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(loc.file, f.clone());
+                        f
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let mut buf = vec![0; loc.len as usize];
+            if file.read_exact_at(&mut buf, loc.offset).is_err() {
+                continue;
+            }
+            if let Ok((Record::Message { message, .. }, _)) = Record::decode(&buf) {
+                return Some(message.into());
+            }
+        }
+        None
     }
 
     /// The position of the last committed transaction (durable or not yet).
@@ -645,6 +699,7 @@ struct Writer {
     durable: watch::Sender<u64>,
     since_snapshot: u64,
     snapshot_len: u64,
+    files: FileCache,
 }
 
 impl Writer {
@@ -861,6 +916,10 @@ impl Writer {
         for f in old {
             self.readers.remove(&f);
         }
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f, _| f.number >= id.number);
         for f in list_files(&self.dir)? {
             if f.number < id.number {
                 let _ = fs::remove_file(file_path(&self.dir, f));

@@ -12,7 +12,10 @@ use tern_proto::{
 
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
+use crate::message::Message;
+use crate::persist;
 use crate::session::{Inflight, Outgoing};
+use std::sync::Arc;
 use tern_store::Record;
 
 pub(crate) fn flush(
@@ -23,6 +26,7 @@ pub(crate) fn flush(
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
     let window = usize::from(a.client_receive_maximum.min(broker.limits.max_inflight)).max(1);
+    reload(broker, a, window, now);
     let mut batch: Vec<(Outgoing, Option<PacketId>)> = Vec::new();
     let mut expired = 0u64;
     // Store entries that were sent (seq, packet id) or expired (seq, None).
@@ -44,6 +48,12 @@ pub(crate) fn flush(
             if next.qos == QoS::AtMostOnce {
                 batch.push((next, None));
                 continue;
+            }
+            if next.offloaded {
+                // Taken out of memory after `reload` looked: read it back on the next turn.
+                state.queue.push_front(next);
+                a.session.wake.notify_one();
+                break;
             }
             if state.inflight.len() >= window {
                 state.queue.push_front(next);
@@ -94,6 +104,68 @@ pub(crate) fn flush(
         write_publish(broker, a, outgoing, *id, false, now, out);
     }
     Ok(())
+}
+
+/// Reads back from the store the offloaded messages among the next `window` QoS 1/2 entries,
+/// with the session's lock released while reading. A message the store no longer holds
+/// (which the store's rules should make impossible) is dropped, logged and counted.
+fn reload(broker: &Broker, a: &mut Attached, window: usize, now: Instant) {
+    let Some(store) = broker.store() else {
+        return;
+    };
+    let wanted: Vec<(u64, u64)> = a
+        .session
+        .lock()
+        .queue
+        .iter()
+        .filter(|o| o.qos != QoS::AtMostOnce)
+        .take(window)
+        .filter(|o| o.offloaded)
+        .filter_map(|o| Some((o.seq, *o.message.stored.get()?)))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let loaded: Vec<(u64, Option<Arc<Message>>)> = wanted
+        .into_iter()
+        .map(|(seq, id)| {
+            let message = store
+                .read_message(id)
+                .and_then(|m| persist::owned_message(store, m, now))
+                .map(|m| {
+                    let _ = m.stored.set(id);
+                    Arc::new(m)
+                });
+            (seq, message)
+        })
+        .collect();
+    let mut missing = Vec::new();
+    {
+        let mut state = a.session.lock();
+        for (seq, message) in loaded {
+            let Some(i) = state.queue.iter().position(|o| o.seq == seq && o.offloaded) else {
+                continue;
+            };
+            match message {
+                Some(m) => state.queue.replace_message(i, m, false),
+                None => {
+                    state.queue.remove(i);
+                    missing.push(seq);
+                }
+            }
+        }
+    }
+    for seq in missing {
+        tracing::error!(client_id = %a.client_id, seq, "a queued message could not be read back from the store; dropped");
+        broker
+            .stats
+            .messages_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        store.append(&Record::Done {
+            client: &a.client_id,
+            seq,
+        });
+    }
 }
 
 /// After a session is resumed, re-sends every unacknowledged PUBLISH with DUP set and every

@@ -142,6 +142,7 @@ fn subscribe_one(
                 subscription_ids: id.into_iter().collect(),
                 via_share: None,
                 seq: 0,
+                offloaded: false,
             });
         }
     }

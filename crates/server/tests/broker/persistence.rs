@@ -205,3 +205,40 @@ async fn clean_sessions_and_expired_sessions_are_not_kept() {
         .await;
     s.expect_connack(false, 0).await;
 }
+
+#[tokio::test]
+async fn a_long_offline_queue_leaves_memory_and_is_delivered_from_disk_in_order() {
+    // [MQTT-4.6.0-1] ordered delivery, from a queue whose tail was read back from the store.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "away", false)))
+        .await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("q", QoS::AtLeastOnce, 1).await;
+    drop(s);
+    let mut p = broker.connect(V3_1_1, "pub").await;
+    for i in 1..=500u16 {
+        p.publish("q", format!("m{i:03}").as_bytes(), QoS::AtLeastOnce, i)
+            .await;
+    }
+    // All but the head the session keeps in memory; the store applies its last frame a moment
+    // after the PUBACK, so poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut offloaded = 0;
+    while offloaded < 400 && std::time::Instant::now() < deadline {
+        offloaded += broker.server.broker.offload();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(offloaded, 400);
+    let mut s = broker.raw(V3_1_1).await;
+    s.send(&Packet::Connect(connect(V3_1_1, "away", false)))
+        .await;
+    s.expect_connack(true, 0).await;
+    for i in 1..=500 {
+        let m = s.expect_publish().await;
+        assert_eq!(m.payload, format!("m{i:03}").as_bytes());
+        s.ack(Packet::PubAck(Ack::new(pid(m.packet_id.unwrap()))))
+            .await;
+    }
+    s.expect_silence(Duration::from_millis(200)).await;
+}
