@@ -241,6 +241,8 @@ impl Broker {
             .cloned()
             .collect();
         let mut offloaded = 0;
+        // One stand-in per message however many queues hold it.
+        let mut stubs: std::collections::HashMap<u64, Arc<Message>> = Default::default();
         for session in sessions {
             let mut state = session.lock();
             let keep = if state.owner.is_some() {
@@ -262,7 +264,10 @@ impl Broker {
                 if !store.has_message(id) {
                     continue;
                 }
-                let stub = Arc::new(stand_in(&out.message, id));
+                let stub = stubs
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(stand_in(&out.message, id)))
+                    .clone();
                 state.queue.replace_message(i, stub, true);
                 offloaded += 1;
             }
