@@ -352,6 +352,56 @@ impl Broker {
         expired.len()
     }
 
+    /// Removes messages whose Message Expiry Interval ran out [MQTT-3.3.2-5] from the retained
+    /// store and from the queues of sessions (delivery skips them anyway; this frees memory and
+    /// disk for sessions that stay away). Returns how many were removed.
+    pub fn expire_messages(&self, now: Instant) -> usize {
+        let expired_topics: Vec<Arc<str>> = read(&self.retained)
+            .iter()
+            .filter(|(_, m)| m.is_expired(now))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut removed = 0;
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        let mut journal = self.journal();
+        if !expired_topics.is_empty() {
+            let mut retained = write(&self.retained);
+            for topic in expired_topics {
+                if retained.get(&topic).is_some_and(|m| m.is_expired(now)) {
+                    retained.remove(&topic);
+                    removed += 1;
+                    if let Some(j) = journal.as_mut().filter(|_| !topic.starts_with('$')) {
+                        j.push(&Record::RetainClear { topic: &topic });
+                    }
+                }
+            }
+        }
+        for session in sessions {
+            let mut state = session.lock();
+            if !state.queue.iter().any(|o| o.message.is_expired(now)) {
+                continue;
+            }
+            let mut kept = crate::session::Queue::default();
+            while let Some(out) = state.queue.pop_front() {
+                if !out.message.is_expired(now) {
+                    kept.push_back(out);
+                    continue;
+                }
+                removed += 1;
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                if let (Some(j), true) = (journal.as_mut(), out.seq != 0) {
+                    j.push(&Record::Done {
+                        client: &session.client_id,
+                        seq: out.seq,
+                    });
+                }
+            }
+            state.queue = kept;
+        }
+        persist::commit(journal);
+        removed
+    }
+
     /// Takes every subscription of `session` out of the tree.
     pub(crate) fn drop_subscriptions(&self, session: &Session) {
         let filters: Vec<String> = session

@@ -405,12 +405,23 @@ fn websocket_check(
 }
 
 /// Every second: removes sessions whose expiry interval has run out while disconnected, and
-/// takes long queues of persistent sessions out of memory (`Broker::offload`).
+/// takes long queues of persistent sessions out of memory (`Broker::offload`); every minute,
+/// removes expired messages.
 async fn expiry_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                ticks += 1;
+                // Expired messages are skipped at delivery; sweeping them out of queues and the
+                // retained store (a walk over all of them) once a minute is enough.
+                if ticks.is_multiple_of(60) {
+                    let n = broker.expire_messages(now());
+                    if n > 0 {
+                        info!(messages = n, "expired messages removed");
+                    }
+                }
                 let n = broker.expire_sessions(now());
                 if n > 0 {
                     info!(sessions = n, "expired sessions removed");

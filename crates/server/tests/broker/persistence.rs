@@ -242,3 +242,45 @@ async fn a_long_offline_queue_leaves_memory_and_is_delivered_from_disk_in_order(
     }
     s.expect_silence(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn expired_messages_leave_queues_and_the_retained_store_for_good() {
+    // [MQTT-3.3.2-5] an expired message is not delivered; it is also removed from the store.
+    let broker = TestBroker::with_config(STORE).await;
+    let mut conn = connect(V5, "away", false);
+    conn.properties.session_expiry_interval = Some(3600);
+    let mut s = broker.raw(V5).await;
+    s.send(&Packet::Connect(conn)).await;
+    s.expect_connack(false, 0).await;
+    s.subscribe("exp/#", QoS::AtLeastOnce, 1).await;
+    drop(s);
+    let mut p = broker.connect(V5, "p").await;
+    for (topic, secs, id) in [("exp/short", 1, 1), ("exp/long", 3600, 2)] {
+        let m = tern_proto::Publish {
+            retain: true,
+            properties: tern_proto::Properties {
+                message_expiry_interval: Some(secs),
+                ..tern_proto::Properties::default()
+            },
+            ..publish(topic, b"x", QoS::AtLeastOnce, id)
+        };
+        p.send(&Packet::Publish(m)).await;
+        p.recv(|_| ()).await;
+    }
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // One retained and one queued copy of exp/short are gone.
+    let removed = broker
+        .server
+        .broker
+        .expire_messages(std::time::Instant::now());
+    assert_eq!(removed, 2);
+    assert_eq!(broker.server.broker.retained_count(), 1);
+    let broker = broker.restart().await;
+    assert_eq!(broker.server.broker.retained_count(), 1);
+    let mut s = broker.raw(V5).await;
+    s.send(&Packet::Connect(conn)).await;
+    s.expect_connack(true, 0).await;
+    assert_eq!(s.expect_publish().await.topic, "exp/long");
+    s.expect_silence(Duration::from_millis(200)).await;
+}
