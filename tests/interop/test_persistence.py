@@ -76,6 +76,16 @@ class Received:
 
 def test_sigkill_during_load_loses_nothing_acknowledged(tmp_path):
     broker = Broker(tmp_path).start()
+    try:
+        run_crash_rounds(broker)
+    finally:
+        # A failed check must not leave the broker running.
+        if broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()
+
+
+def run_crash_rounds(broker):
     rng = random.Random(int(os.environ.get("TERN_CRASH_SEED", time.time_ns())))
     live1, live2, offline = Received(), Received(), Received()
     subs = []
