@@ -98,6 +98,10 @@ pub(crate) struct Attached {
     /// The store position the output written so far depends on: acknowledgements of what
     /// was stored, and deliveries recorded as sent.
     pub(crate) needs: u64,
+    /// Handshake steps recorded by the handlers, written at the next flush.
+    pub(crate) steps: Vec<persist::Step>,
+    /// Whether one of `steps` must be durable before the output leaves.
+    pub(crate) steps_wait: bool,
 }
 
 /// Where a connection comes from, as its transport knows it.
@@ -201,8 +205,16 @@ impl Connection {
     /// The store position that must be durable before the output of this connection is sent
     /// (0: none). Acknowledging a message before it is on disk would promise what a crash can
     /// break.
-    pub fn durable_needed(&self) -> u64 {
-        self.attached.as_ref().map_or(0, |a| a.needs)
+    /// Writes the handshake steps still pending first, so that nothing the output depends on
+    /// is left out, whichever way the turn ended.
+    pub fn durable_needed(&mut self) -> u64 {
+        match self.attached.as_mut() {
+            Some(a) => {
+                persist::write_steps(&self.broker, a);
+                a.needs
+            }
+            None => 0,
+        }
     }
 
     /// The client identifier, once connected.
@@ -309,7 +321,8 @@ impl Connection {
     /// Ends the connection: detaches the session (removing it if it expires at once) and
     /// publishes the will if the end calls for it. A will with a delay is handed back.
     pub fn end(&mut self, how: End, now: Instant) -> Option<DelayedWill> {
-        let a = self.attached.take()?;
+        let mut a = self.attached.take()?;
+        persist::write_steps(&self.broker, &mut a);
         self.broker
             .stats
             .clients_connected

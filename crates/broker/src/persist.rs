@@ -23,7 +23,7 @@ use tern_store::{
 use tracing::warn;
 
 use crate::broker::Broker;
-use crate::connection::DelayedWill;
+use crate::connection::{Attached, DelayedWill};
 use crate::message::Message;
 use crate::session::{Inflight, Outgoing, Session, SessionState};
 use crate::tree::Subscriber;
@@ -79,6 +79,42 @@ impl<'s> Journal<'s> {
     /// Ends the transaction; the position to wait for before acknowledging (0: none).
     pub(crate) fn commit(self) -> u64 {
         self.txn.commit()
+    }
+}
+
+/// A step of the QoS handshakes a connection records, written in one frame per turn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step {
+    /// The entry is finished.
+    Done(u64),
+    /// PUBREC came for the entry.
+    Released(u64),
+    /// PUBREL came for one of the client's QoS 2 packet ids.
+    IncomingReleased(u16),
+}
+
+/// Writes the steps the connection's handlers recorded, in one frame; the output waits for
+/// it when a step needs to be durable first.
+pub(crate) fn write_steps(broker: &Broker, a: &mut Attached) {
+    if a.steps.is_empty() {
+        return;
+    }
+    let Some(store) = broker.store() else {
+        a.steps.clear();
+        return;
+    };
+    let client = &a.client_id;
+    let mut txn = store.begin();
+    for step in a.steps.drain(..) {
+        txn.push(&match step {
+            Step::Done(seq) => Record::Done { client, seq },
+            Step::Released(seq) => Record::Released { client, seq },
+            Step::IncomingReleased(packet_id) => Record::IncomingReleased { client, packet_id },
+        });
+    }
+    let lsn = txn.commit();
+    if std::mem::take(&mut a.steps_wait) {
+        a.needs = a.needs.max(lsn);
     }
 }
 

@@ -12,17 +12,26 @@ use tern_store::Record;
 
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
+use crate::persist::Step;
 use crate::session::Inflight;
 
 /// Records `record` for a persistent session; with `wait`, the connection's output waits
 /// for it to be durable.
+///
+/// The record waits in the connection until the flush that follows the packets read in this
+/// turn (`deliver::flush`), which writes all of them in one frame before any output leaves.
 fn log(broker: &Broker, a: &mut Attached, record: Record<'_>, wait: bool) {
-    if let (Some(store), true) = (broker.store(), a.session.is_persistent()) {
-        let lsn = store.append(&record);
-        if wait {
-            a.needs = a.needs.max(lsn);
-        }
+    if broker.store().is_none() || !a.session.is_persistent() {
+        return;
     }
+    let step = match record {
+        Record::Done { seq, .. } => Step::Done(seq),
+        Record::Released { seq, .. } => Step::Released(seq),
+        Record::IncomingReleased { packet_id, .. } => Step::IncomingReleased(packet_id),
+        _ => return,
+    };
+    a.steps.push(step);
+    a.steps_wait |= wait;
 }
 
 /// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-1].

@@ -166,6 +166,8 @@ pub(crate) fn handle_connect(
         aliases_out: HashMap::new(),
         will,
         needs,
+        steps: Vec::new(),
+        steps_wait: false,
     });
     // A resumed session gets what was in flight again, then its queue [MQTT-4.4.0-1].
     let attached = conn

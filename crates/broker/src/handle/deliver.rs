@@ -25,6 +25,7 @@ pub(crate) fn flush(
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
+    persist::write_steps(broker, a);
     let window = usize::from(a.client_receive_maximum.min(broker.limits.max_inflight)).max(1);
     reload(broker, a, window, now);
     let mut batch: Vec<(Outgoing, Option<PacketId>)> = Vec::new();
