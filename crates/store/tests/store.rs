@@ -529,3 +529,86 @@ fn of_two_entries_claiming_one_packet_id_the_later_is_live() {
         (11, EntryState::Sent(5))
     );
 }
+
+mod damaged {
+    //! Whatever a file holds, opening the store answers: a state, or an error naming the
+    //! file. Never a panic, never a state with a record the file did not hold whole.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The golden store's segment, for mutation.
+    fn golden_segment() -> Vec<u8> {
+        std::fs::read(Path::new(GOLDEN).join("wal-00000000000000000001.log")).unwrap()
+    }
+
+    /// A comparable digest of a recovered state.
+    fn summary(r: &tern_store::Recovered) -> String {
+        let mut retained: Vec<_> = r.retained.iter().map(|m| (&m.topic, &m.payload)).collect();
+        retained.sort();
+        let mut sessions: Vec<_> = r.sessions.iter().map(|s| format!("{s:?}")).collect();
+        sessions.sort();
+        let mut messages: Vec<_> = r.messages.keys().collect();
+        messages.sort();
+        format!("{retained:?} {messages:?} {sessions:?}")
+    }
+
+    /// The state after each whole-frame prefix of the golden segment.
+    fn prefix_states() -> &'static [String] {
+        static STATES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        STATES.get_or_init(compute_prefix_states)
+    }
+
+    fn compute_prefix_states() -> Vec<String> {
+        let bytes = golden_segment();
+        let mut ends = vec![12];
+        let mut at = 12;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += 8 + len;
+            ends.push(at);
+        }
+        ends.iter()
+            .map(|end| summary(&open_with(&[bytes[..*end].to_vec()]).unwrap()))
+            .collect()
+    }
+
+    fn open_with(segments: &[Vec<u8>]) -> Result<tern_store::Recovered, StoreError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, bytes) in segments.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("wal-{:020}.log", i + 1)), bytes).unwrap();
+        }
+        Store::open(dir.path(), options()).map(|(_, r, _)| r)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_after_a_header_never_panic(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut bytes = b"TERNWAL\0\x01\0\0\0".to_vec();
+            bytes.extend_from_slice(&body);
+            // As the last segment, damage is a torn end: the store opens.
+            prop_assert!(open_with(&[bytes.clone()]).is_ok());
+            // Before another segment, it opens only if every frame was whole.
+            let _ = open_with(&[bytes, golden_segment()]);
+        }
+
+        #[test]
+        fn a_mutated_golden_segment_opens_as_a_prefix_of_its_frames(
+            flips in proptest::collection::vec((12usize..862, any::<u8>()), 1..4),
+            cut in 12usize..2000,
+        ) {
+            let mut bytes = golden_segment();
+            for (at, x) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= x | 1;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let recovered = open_with(&[bytes]).expect("a damaged last segment is cut, not refused");
+            // The state is the state of the first k whole frames, for some k: a damaged frame
+            // and everything after it are gone, nothing else.
+            prop_assert!(prefix_states().contains(&summary(&recovered)), "{:?}", summary(&recovered));
+        }
+    }
+}
