@@ -29,6 +29,8 @@ class Broker:
         self.ports = {}
         self.log_path = tmp_path / "broker.log"
         self.data_dir = tmp_path / "data"
+        # Runs in the broker's process before it starts (e.g. to set a resource limit).
+        self.preexec = None
 
     def start(self):
         log = open(self.log_path, "a")
@@ -41,6 +43,7 @@ class Broker:
             [str(TERN), "broker", *args, "--data-dir", str(self.data_dir), "--log-level", "debug"],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

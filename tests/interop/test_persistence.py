@@ -194,3 +194,95 @@ def run_crash_rounds(broker):
     print(f"crash test: {kills} kills, {len(published)} published, {len(acked_msgs)} acknowledged ({total_q2} QoS 2), all delivered")
     assert kills == ROUNDS
     assert "damaged" not in broker.log()
+
+
+def test_a_full_disk_refuses_publications_instead_of_acknowledging_them(tmp_path):
+    """The store cannot write (the broker's file-size limit stands in for a full disk): QoS 1
+    publications are refused with 0x97 and a reason [MQTT-3.4.2-1], none is acknowledged
+    without being on disk, and once writing works again everything acknowledged is kept,
+    through a SIGKILL."""
+    import resource
+    import subprocess
+
+    limit = 256 * 1024
+    broker = Broker(tmp_path)
+    broker.preexec = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    broker.start()
+    try:
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        got = Received()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="disk-sub", protocol=mqtt.MQTTv5)
+        sub.on_message = got
+        sub.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        sub.loop_start()
+        wait_for(sub.is_connected, what="subscriber connected")
+        sub.subscribe("disk/#", qos=1)
+        time.sleep(0.3)
+        sub.disconnect()
+        sub.loop_stop()
+
+        outcome = {}
+        by_mid = {}
+
+        def on_publish(_c, _u, mid, rc, _props):
+            outcome[mid] = rc.value
+
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="disk-pub", protocol=mqtt.MQTTv5)
+        pub.on_publish = on_publish
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        wait_for(pub.is_connected, what="publisher connected")
+        payload = b"p" * 1024
+        n = 0
+        # Past the limit the store fails; this publisher's window fills with publications
+        # waiting for their acknowledgement.
+        while "cannot write to the store" not in broker.log() and n < 2000:
+            n += 1
+            info = pub.publish("disk/x", payload + str(n).encode(), qos=1)
+            by_mid[info.mid] = n
+            time.sleep(0.002)
+        assert "cannot write to the store" in broker.log()
+        pending = [m for m in by_mid if m not in outcome]
+        assert pending, "some publications must be waiting for the disk"
+        # Meanwhile a new publication is refused, with the reason.
+        refused_outcome = {}
+        other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="disk-pub-2", protocol=mqtt.MQTTv5)
+        other.on_publish = lambda _c, _u, mid, rc, _p: refused_outcome.__setitem__(mid, rc.value)
+        other.connect("127.0.0.1", broker.port)
+        other.loop_start()
+        wait_for(other.is_connected, what="second publisher connected")
+        infos = [other.publish("disk/x", b"refused", qos=1) for _ in range(3)]
+        wait_for(lambda: len(refused_outcome) == 3, what="refusals")
+        assert set(refused_outcome.values()) == {0x97}, refused_outcome
+        assert all(m not in outcome for m in pending), "acknowledged before it was on disk"
+        # Space comes back: the waiting acknowledgements arrive, new publications are taken.
+        subprocess.run(["prlimit", "--pid", str(broker.proc.pid), "--fsize=unlimited:unlimited"], check=True)
+        wait_for(lambda: all(m in outcome for m in pending), timeout=20, what="the waiting acknowledgements")
+        info = other.publish("disk/x", b"after", qos=1)
+        wait_for(lambda: info.mid in refused_outcome, what="a publication after recovery")
+        assert refused_outcome[info.mid] == 0
+        assert "writing to the store works again" in broker.log()
+        for c in (pub, other):
+            c.disconnect()
+            c.loop_stop()
+
+        accepted = sorted(by_mid[m] for m, rc in outcome.items() if rc == 0 and m in by_mid)
+        broker.proc.kill()
+        broker.proc.wait()
+        broker.preexec = None
+        broker.start()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="disk-sub", protocol=mqtt.MQTTv5)
+        sub.on_message = got
+        sub.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        sub.loop_start()
+        expected = {payload + str(i).encode() for i in accepted} | {b"after"}
+        wait_for(lambda: expected <= {p.encode() for p in got.snapshot()}, timeout=30, what="every acknowledged publication")
+        assert "refused" not in got.snapshot(), "a refused message was delivered"
+        sub.disconnect()
+        sub.loop_stop()
+        print(f"full disk: {len(accepted)} accepted ({len(pending)} waited for the disk), 3 refused, all accepted delivered after SIGKILL")
+    finally:
+        if broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()

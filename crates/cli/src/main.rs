@@ -480,6 +480,9 @@ fn broker(args: BrokerArgs) -> ExitCode {
 /// Waits for SIGINT or SIGTERM; on SIGHUP, reloads certificates and users.
 async fn wait_for_signal(server: &Server) {
     use tokio::signal::unix::{signal, SignalKind};
+    // A file-size limit (`ulimit -f`) reached must fail the store's write (EFBIG), which the
+    // store reports and retries, not kill the broker: SIGXFSZ gets a handler.
+    let _file_size = signal(SignalKind::from_raw(25));
     let (Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),

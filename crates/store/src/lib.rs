@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -173,6 +173,8 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// The last write or flush failed (disk full, I/O error) and is being retried.
+    failing: AtomicBool,
 }
 
 fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
@@ -386,6 +388,7 @@ impl Store {
                 idle: false,
             }),
             wake: Condvar::new(),
+            failing: AtomicBool::new(false),
         });
         let writer = Writer {
             dir: dir.to_owned(),
@@ -449,6 +452,12 @@ impl Store {
     /// store, so a late record about an old entry cannot touch a new one.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether writing to disk fails now (the writer retries until it works): a broker should
+    /// not accept what it would have to keep.
+    pub fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Relaxed)
     }
 
     /// Whether message `id` is on disk and can be read back with [`Store::read_message`]
@@ -733,9 +742,9 @@ impl Writer {
             };
             if !batch.is_empty() {
                 let at = self.segment_len;
-                self.write(&batch);
+                self.write(&batch, &shared.failing);
                 match self.options.durability {
-                    Durability::Sync => self.flush(),
+                    Durability::Sync => self.flush(&shared.failing),
                     Durability::Periodic(_) => unflushed = true,
                 }
                 self.durable.send_replace(lsn);
@@ -748,13 +757,13 @@ impl Writer {
             }
             if let Durability::Periodic(every) = self.options.durability {
                 if unflushed && (closing || last_flush.elapsed() >= every) {
-                    self.flush();
+                    self.flush(&shared.failing);
                     unflushed = false;
                     last_flush = Instant::now();
                 }
             }
             if closing {
-                self.flush();
+                self.flush(&shared.failing);
                 return;
             }
         }
@@ -762,11 +771,12 @@ impl Writer {
 
     /// Writes `batch` at the end of the segment. A failed write (disk full) is cut off and
     /// tried again until it succeeds: nothing after it may be acknowledged before it.
-    fn write(&mut self, batch: &[u8]) {
+    fn write(&mut self, batch: &[u8], failing: &AtomicBool) {
         let mut failures = 0u32;
         while let Err(e) = self.segment.write_all_at(batch, self.segment_len) {
             if failures == 0 {
-                error!(error = %e, "cannot write to the store; acknowledgements wait until it works");
+                error!(error = %e, "cannot write to the store; acknowledgements wait until it works, new QoS 1/2 publications are refused");
+                failing.store(true, Ordering::Relaxed);
             }
             failures += 1;
             let _ = self.segment.set_len(self.segment_len);
@@ -774,19 +784,24 @@ impl Writer {
         }
         if failures > 0 {
             info!("writing to the store works again");
+            failing.store(false, Ordering::Relaxed);
         }
         self.segment_len += batch.len() as u64;
         self.since_snapshot += batch.len() as u64;
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, failing: &AtomicBool) {
         let mut failures = 0u32;
         while let Err(e) = self.segment.sync_data() {
             if failures == 0 {
                 error!(error = %e, "cannot flush the store to disk; acknowledgements wait");
+                failing.store(true, Ordering::Relaxed);
             }
             failures += 1;
             std::thread::sleep(Duration::from_millis(200));
+        }
+        if failures > 0 {
+            failing.store(false, Ordering::Relaxed);
         }
     }
 

@@ -32,6 +32,24 @@ pub(crate) fn handle_publish(
             .because("topic longer or deeper than the broker allows"));
     }
     let packet_id = p.packet_id;
+    if let (Some(id), true) = (packet_id, broker.store().is_some_and(|s| s.is_failing())) {
+        // The store cannot write: acknowledging would promise what a crash can break. MQTT 5
+        // gets a refusal it can report [MQTT-3.4.2-1]; 3.1.1 has none, so the connection
+        // closes and the client sends the message again later.
+        const WHY: &str = "the broker cannot write to its store (disk full?)";
+        if !a.version.is_v5() {
+            return Err(Close::new(ReasonCode::QUOTA_EXCEEDED).because(WHY));
+        }
+        let mut ack = Ack::new(id);
+        ack.reason = ReasonCode::QUOTA_EXCEEDED;
+        ack.properties.reason_string = Some(WHY);
+        let packet = match p.qos {
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            _ => Packet::PubRec(ack),
+        };
+        send(out, &packet, a.version);
+        return Ok(());
+    }
     // What this message changes in the store, written as one frame: the QoS 2 packet id
     // and the queue entries, so that after a crash either both are there or neither is.
     let mut journal = None;
