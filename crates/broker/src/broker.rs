@@ -162,6 +162,15 @@ impl Broker {
         }
     }
 
+    /// Every retained message, topic and payload (for tests comparing states).
+    #[cfg(test)]
+    pub(crate) fn retained_pairs(&self) -> Vec<(Arc<str>, Vec<u8>)> {
+        read(&self.retained)
+            .iter()
+            .map(|(t, m)| (t.clone(), m.payload.clone()))
+            .collect()
+    }
+
     /// Puts back a retained message the store kept.
     pub(crate) fn retain_recovered(&self, message: Arc<Message>) {
         write(&self.retained).insert(message.topic.clone(), message);

@@ -15,6 +15,8 @@ mod connection;
 mod handle;
 mod message;
 mod persist;
+#[cfg(test)]
+mod persist_tests;
 mod session;
 mod tree;
 

@@ -1,0 +1,338 @@
+//! The store replays into the state the broker had: random packet sequences from several
+//! clients run against a broker with a real store in a temporary folder; the persistent part
+//! of its state (sessions, subscriptions, stored queue entries and their progress, QoS 2 ids,
+//! retained messages) must be what a second broker rebuilds from the store. A structured fuzz
+//! of the handlers too: any sequence ends without a panic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proptest::prelude::*;
+use tern_proto::{
+    Ack, Connect, Disconnect, List, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe,
+};
+use tern_store::{Options, Store};
+
+use crate::access::AllowAll;
+use crate::config::Limits;
+use crate::connection::{Connection, End, Origin};
+use crate::session::Inflight;
+use crate::Broker;
+
+const FILTERS: [&str; 4] = ["a/#", "a/b", "+/b", "$share/g/a/b"];
+const TOPICS: [&str; 3] = ["a/b", "a/c", "x/b"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect {
+        c: usize,
+        clean: bool,
+        v5: bool,
+        expiry: u32,
+    },
+    Subscribe {
+        c: usize,
+        f: usize,
+        qos: u8,
+    },
+    Unsubscribe {
+        c: usize,
+        f: usize,
+    },
+    Publish {
+        c: usize,
+        t: usize,
+        qos: u8,
+        retain: bool,
+        id: u16,
+        empty: bool,
+    },
+    PubAck {
+        c: usize,
+        id: u16,
+    },
+    PubRec {
+        c: usize,
+        id: u16,
+    },
+    PubRel {
+        c: usize,
+        id: u16,
+    },
+    PubComp {
+        c: usize,
+        id: u16,
+    },
+    Flush {
+        c: usize,
+    },
+    Lose {
+        c: usize,
+    },
+    Disconnect {
+        c: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..3usize;
+    let id = 1..6u16;
+    prop_oneof![
+        (
+            c.clone(),
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(0u32), Just(60), Just(u32::MAX)]
+        )
+            .prop_map(|(c, clean, v5, expiry)| Op::Connect {
+                c,
+                clean,
+                v5,
+                expiry
+            }),
+        (c.clone(), 0..FILTERS.len(), 0..3u8).prop_map(|(c, f, qos)| Op::Subscribe { c, f, qos }),
+        (c.clone(), 0..FILTERS.len()).prop_map(|(c, f)| Op::Unsubscribe { c, f }),
+        (
+            c.clone(),
+            0..TOPICS.len(),
+            0..3u8,
+            any::<bool>(),
+            id.clone(),
+            prop::bool::weighted(0.1)
+        )
+            .prop_map(|(c, t, qos, retain, id, empty)| Op::Publish {
+                c,
+                t,
+                qos,
+                retain,
+                id,
+                empty
+            }),
+        (c.clone(), id.clone()).prop_map(|(c, id)| Op::PubAck { c, id }),
+        (c.clone(), id.clone()).prop_map(|(c, id)| Op::PubRec { c, id }),
+        (c.clone(), id.clone()).prop_map(|(c, id)| Op::PubRel { c, id }),
+        (c.clone(), id).prop_map(|(c, id)| Op::PubComp { c, id }),
+        c.clone().prop_map(|c| Op::Flush { c }),
+        c.clone().prop_map(|c| Op::Lose { c }),
+        c.prop_map(|c| Op::Disconnect { c }),
+    ]
+}
+
+fn pid(id: u16) -> PacketId {
+    PacketId::new(id).unwrap_or(PacketId::new(1).expect("1 is a packet id"))
+}
+
+struct Run {
+    broker: Arc<Broker>,
+    conns: Vec<Option<Connection>>,
+    names: Vec<String>,
+}
+
+impl Run {
+    fn apply(&mut self, op: &Op, now: Instant) {
+        let mut out = Vec::new();
+        let c = match op {
+            Op::Connect { c, .. }
+            | Op::Subscribe { c, .. }
+            | Op::Unsubscribe { c, .. }
+            | Op::Publish { c, .. }
+            | Op::PubAck { c, .. }
+            | Op::PubRec { c, .. }
+            | Op::PubRel { c, .. }
+            | Op::PubComp { c, .. }
+            | Op::Flush { c }
+            | Op::Lose { c }
+            | Op::Disconnect { c } => *c,
+        };
+        if let Op::Connect {
+            clean, v5, expiry, ..
+        } = op
+        {
+            if let Some(mut old) = self.conns[c].take() {
+                old.end(End::Lost, now);
+            }
+            let version = if *v5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V3_1_1
+            };
+            let mut conn = Connection::new(self.broker.clone(), Origin::default());
+            let connect = Connect {
+                version,
+                clean_start: *clean,
+                keep_alive: 0,
+                properties: Properties {
+                    session_expiry_interval: v5.then_some(*expiry),
+                    ..Properties::default()
+                },
+                client_id: &self.names[c],
+                will: None,
+                username: None,
+                password: None,
+            };
+            if conn.handle(Packet::Connect(connect), now, &mut out).is_ok() {
+                self.conns[c] = Some(conn);
+            }
+            return;
+        }
+        let Some(conn) = self.conns[c].as_mut() else {
+            return;
+        };
+        let subs;
+        let filters;
+        let packet = match op {
+            Op::Subscribe { f, qos, .. } => {
+                subs = [Subscription {
+                    filter: TopicFilter::new(FILTERS[*f]).expect("valid filter"),
+                    options: SubscriptionOptions::new(
+                        QoS::from_u8(*qos).unwrap_or(QoS::AtMostOnce),
+                    ),
+                }];
+                Packet::Subscribe(Subscribe {
+                    packet_id: pid(1),
+                    properties: Properties::default(),
+                    subscriptions: List::Items(&subs),
+                })
+            }
+            Op::Unsubscribe { f, .. } => {
+                filters = [TopicFilter::new(FILTERS[*f]).expect("valid filter")];
+                Packet::Unsubscribe(Unsubscribe {
+                    packet_id: pid(1),
+                    properties: Properties::default(),
+                    filters: List::Items(&filters),
+                })
+            }
+            Op::Publish {
+                t,
+                qos,
+                retain,
+                id,
+                empty,
+                ..
+            } => {
+                let qos = QoS::from_u8(*qos).unwrap_or(QoS::AtMostOnce);
+                Packet::Publish(Publish {
+                    dup: false,
+                    qos,
+                    retain: *retain,
+                    topic: TopicName::new(TOPICS[*t]).expect("valid topic"),
+                    packet_id: (qos != QoS::AtMostOnce).then(|| pid(*id)),
+                    properties: Properties::default(),
+                    payload: if *empty { b"" } else { b"payload" },
+                })
+            }
+            Op::PubAck { id, .. } => Packet::PubAck(Ack::new(pid(*id))),
+            Op::PubRec { id, .. } => Packet::PubRec(Ack::new(pid(*id))),
+            Op::PubRel { id, .. } => Packet::PubRel(Ack::new(pid(*id))),
+            Op::PubComp { id, .. } => Packet::PubComp(Ack::new(pid(*id))),
+            Op::Flush { .. } => {
+                let _ = conn.flush(now, &mut out);
+                conn.durable_needed();
+                return;
+            }
+            Op::Lose { .. } => {
+                if let Some(mut conn) = self.conns[c].take() {
+                    conn.end(End::Lost, now);
+                }
+                return;
+            }
+            Op::Disconnect { .. } => Packet::Disconnect(Disconnect::new(ReasonCode::SUCCESS)),
+            Op::Connect { .. } => return,
+        };
+        let disconnect = matches!(packet, Packet::Disconnect(_));
+        let result = conn.handle(packet, now, &mut out);
+        let result = result.and_then(|()| conn.flush(now, &mut out));
+        conn.durable_needed();
+        match result {
+            Err(close) => {
+                if let Some(mut conn) = self.conns[c].take() {
+                    conn.end(End::Closed(close.reason), now);
+                }
+            }
+            Ok(()) if disconnect => {
+                if let Some(mut conn) = self.conns[c].take() {
+                    conn.end(End::Disconnected(ReasonCode::SUCCESS), now);
+                }
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// The persistent part of a broker's state, comparable.
+fn persistent_state(broker: &Broker) -> String {
+    let mut sessions = BTreeMap::new();
+    for (client, s) in broker.sessions().iter() {
+        if !s.is_persistent() {
+            continue;
+        }
+        let state = s.lock();
+        let mut subs: Vec<_> = state
+            .subscriptions
+            .iter()
+            .map(|(f, (o, id))| (f.clone(), o.to_byte(), *id))
+            .collect();
+        subs.sort();
+        let queued: Vec<u64> = state
+            .queue
+            .iter()
+            .map(|o| o.seq)
+            .filter(|s| *s != 0)
+            .collect();
+        let inflight: Vec<(u16, u64, bool)> = state
+            .inflight
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Inflight::Publish(o) if o.seq != 0 => Some((*id, o.seq, false)),
+                Inflight::Release { seq } if *seq != 0 => Some((*id, *seq, true)),
+                _ => None,
+            })
+            .collect();
+        let mut incoming: Vec<u16> = state.incoming_qos2.iter().copied().collect();
+        incoming.sort();
+        sessions.insert(
+            client.to_string(),
+            format!("expiry {} subs {subs:?} queued {queued:?} inflight {inflight:?} incoming {incoming:?}", state.expiry_interval),
+        );
+    }
+    let mut retained: Vec<String> = broker
+        .retained_pairs()
+        .into_iter()
+        .filter(|(t, _)| !t.starts_with('$'))
+        .map(|(t, p)| format!("{t}={}", String::from_utf8_lossy(&p)))
+        .collect();
+    retained.sort();
+    format!("{sessions:#?}\nretained {retained:?}")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_store_replays_into_the_state_the_broker_had(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let now = Instant::now();
+        let (store, _, _) = Store::open(dir.path(), Options::default()).expect("store opens");
+        let broker = Broker::with_store(Limits::default(), Arc::new(AllowAll), now, Some(Arc::new(store)));
+        let mut run = Run { broker: broker.clone(), conns: (0..3).map(|_| None).collect(), names: (0..3).map(|i| format!("c{i}")).collect() };
+        for op in &ops {
+            run.apply(op, now);
+        }
+        for c in 0..3 {
+            if let Some(mut conn) = run.conns[c].take() {
+                conn.end(End::Shutdown, now);
+            }
+        }
+        let before = persistent_state(&broker);
+        broker.store().expect("a store").close();
+        drop(run);
+        drop(broker);
+        let (store, recovered, _) = Store::open(dir.path(), Options::default()).expect("store opens again");
+        let again = Broker::with_store(Limits::default(), Arc::new(AllowAll), now, Some(Arc::new(store)));
+        again.restore(recovered, now);
+        let after = persistent_state(&again);
+        prop_assert_eq!(before, after);
+    }
+}
