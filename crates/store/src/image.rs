@@ -36,12 +36,14 @@ pub enum EntryState {
     Released(u16),
 }
 
+#[derive(Clone)]
 struct StoredMessage {
     loc: Loc,
     /// Queue entries that need it.
     refs: u32,
 }
 
+#[derive(Clone)]
 struct EntryImage {
     /// Where its Enqueue record is (entries are many: no copy of their bytes in memory).
     loc: Loc,
@@ -52,7 +54,7 @@ struct EntryImage {
     stamp: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SessionImage {
     record: Box<[u8]>,
     subscriptions: BTreeMap<Box<str>, Box<[u8]>>,
@@ -75,8 +77,9 @@ fn by_stamp(s: &SessionImage) -> Vec<u64> {
     seqs.into_iter().map(|(_, q)| q).collect()
 }
 
-/// The durable state, as the log describes it.
-#[derive(Default)]
+/// The durable state, as the log describes it. A clone (for a snapshot written on another
+/// thread) shares the message index with the original and must not change it.
+#[derive(Default, Clone)]
 pub(crate) struct Image {
     retained: HashMap<Box<str>, Loc>,
     messages: HashMap<u64, StoredMessage>,
@@ -319,24 +322,49 @@ impl Image {
         Ok((records, moved))
     }
 
-    /// Points the image at the snapshot [`Image::write_snapshot`] wrote. Nothing may change
-    /// the image in between (the map orders must be the same).
-    pub(crate) fn relocate(&mut self, moved: Relocation) {
-        for (loc, new) in self.retained.values_mut().zip(moved.retained) {
-            *loc = new;
+    /// Where each record [`Image::write_snapshot`] copied went, for an image that has changed
+    /// since (see [`Image::relocate_by`]). `self` is the image the snapshot was written from.
+    pub(crate) fn relocation_map(&self, moved: Relocation) -> HashMap<(FileId, u64), Loc> {
+        let mut map = HashMap::new();
+        for (old, new) in self.retained.values().zip(moved.retained) {
+            map.insert((old.file, old.offset), new);
+        }
+        for (old, new) in self.messages.values().zip(moved.messages) {
+            map.insert((old.loc.file, old.loc.offset), new);
+        }
+        let mut entries = moved.entries.into_iter();
+        for s in self.sessions.values() {
+            for seq in by_stamp(s) {
+                if let (Some(e), Some(new)) = (s.entries.get(&seq), entries.next()) {
+                    map.insert((e.loc.file, e.loc.offset), new);
+                }
+            }
+        }
+        map
+    }
+
+    /// Points every record that sat in a file numbered below `before` at its copy in the
+    /// snapshot, by `map`. Records written since sit in later files and keep their places.
+    pub(crate) fn relocate_by(&mut self, map: &HashMap<(FileId, u64), Loc>, before: u64) {
+        let moved = |loc: &mut Loc| {
+            if loc.file.number < before {
+                if let Some(new) = map.get(&(loc.file, loc.offset)) {
+                    *loc = *new;
+                }
+            }
+        };
+        for loc in self.retained.values_mut() {
+            moved(loc);
         }
         let mut index = self.index.lock();
-        for ((id, m), new) in self.messages.iter_mut().zip(moved.messages) {
-            m.loc = new;
-            index.insert(*id, new);
+        for (id, m) in self.messages.iter_mut() {
+            moved(&mut m.loc);
+            index.insert(*id, m.loc);
         }
         drop(index);
-        let mut entries = moved.entries.into_iter();
         for s in self.sessions.values_mut() {
-            for seq in by_stamp(s) {
-                if let (Some(e), Some(new)) = (s.entries.get_mut(&seq), entries.next()) {
-                    e.loc = new;
-                }
+            for e in s.entries.values_mut() {
+                moved(&mut e.loc);
             }
         }
     }

@@ -402,6 +402,7 @@ impl Store {
             since_snapshot,
             snapshot_len,
             files: files.clone(),
+            job: None,
         };
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -709,6 +710,11 @@ struct Writer {
     since_snapshot: u64,
     snapshot_len: u64,
     files: FileCache,
+    /// The snapshot being written on its own thread, and its id.
+    job: Option<(
+        FileId,
+        std::thread::JoinHandle<Result<SnapshotDone, StoreError>>,
+    )>,
 }
 
 impl Writer {
@@ -721,6 +727,18 @@ impl Writer {
                 let mut p = lock(&shared.pending);
                 while p.buf.is_empty() && !p.closing {
                     p.idle = true;
+                    if self.job.is_some() {
+                        // A snapshot is being written: look up now and then to finish it.
+                        p = shared
+                            .wake
+                            .wait_timeout(p, Duration::from_millis(50))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        if self.job.as_ref().is_some_and(|(_, j)| j.is_finished()) {
+                            break;
+                        }
+                        continue;
+                    }
                     match self.options.durability {
                         Durability::Periodic(every) if unflushed => {
                             let left = every.saturating_sub(last_flush.elapsed());
@@ -762,8 +780,12 @@ impl Writer {
                     last_flush = Instant::now();
                 }
             }
+            if batch.is_empty() {
+                self.finish_snapshot(false);
+            }
             if closing {
                 self.flush(&shared.failing);
+                self.finish_snapshot(true);
                 return;
             }
         }
@@ -840,9 +862,11 @@ impl Writer {
     }
 
     fn compact_if_due(&mut self) {
-        let due = self.since_snapshot >= self.options.snapshot_min.max(2 * self.snapshot_len);
+        self.finish_snapshot(false);
+        let due = self.job.is_none()
+            && self.since_snapshot >= self.options.snapshot_min.max(2 * self.snapshot_len);
         let result = if due {
-            self.snapshot()
+            self.start_snapshot()
         } else if self.segment_len >= self.options.segment_size {
             self.rotate()
         } else {
@@ -853,96 +877,142 @@ impl Writer {
         }
     }
 
-    /// Writes the image as snapshot `n` (covering every segment before `n`), then deletes
-    /// what it replaces.
-    fn snapshot(&mut self) -> Result<(), StoreError> {
-        let started = Instant::now();
+    /// Starts snapshot `n` (covering every segment before `n`): a new segment `n` takes the
+    /// commits while another thread writes a copy of the image, so commits never wait for it.
+    fn start_snapshot(&mut self) -> Result<(), StoreError> {
         self.rotate()?;
         let id = FileId {
             snapshot: true,
             number: self.segment_id.number,
         };
-        let path = file_path(&self.dir, id);
-        let tmp = path.with_extension("snap.tmp");
-        let file = File::create(&tmp).map_err(io_error(&tmp))?;
-        let mut out = frame::header(SNAPSHOT_MAGIC).to_vec();
-        let mut written = 0u64;
-        let mut frame_start = frame::begin_frame(&mut out);
-        let readers = &mut self.readers;
-        let dir = &self.dir;
-        let segment = (&self.segment, self.segment_id);
-        let mut read = |loc: Loc| -> std::io::Result<Vec<u8>> {
-            let f = if loc.file == segment.1 {
-                segment.0
-            } else {
-                match readers.entry(loc.file) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(File::open(file_path(dir, loc.file))?)
-                    }
-                }
-            };
-            let mut buf = vec![0; loc.len as usize];
-            f.read_exact_at(&mut buf, loc.offset)?;
-            Ok(buf)
-        };
-        let mut emit = |raw: &[u8]| -> std::io::Result<Loc> {
-            if out.len() - frame_start > 1024 * 1024 {
-                frame::end_frame(&mut out, frame_start);
-                file.write_all_at(&out, written)?;
-                written += out.len() as u64;
-                out.clear();
-                frame_start = frame::begin_frame(&mut out);
-            }
-            let loc = Loc {
-                file: id,
-                offset: written + out.len() as u64,
-                len: raw.len() as u32,
-            };
-            out.extend_from_slice(raw);
-            Ok(loc)
-        };
         self.image.prune();
-        let written_snapshot = self.image.write_snapshot(&mut read, &mut emit);
-        let (records, moved) = match written_snapshot {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(io_error(&tmp)(e));
+        let image = self.image.clone();
+        let dir = self.dir.clone();
+        self.since_snapshot = 0;
+        let job = std::thread::Builder::new()
+            .name("tern-snapshot".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let written = write_snapshot_file(&dir, id, &image)?;
+                Ok(SnapshotDone {
+                    records: written.0,
+                    bytes: written.1,
+                    map: image.relocation_map(written.2),
+                    elapsed: started.elapsed(),
+                })
+            })
+            .map_err(io_error(&self.dir))?;
+        self.job = Some((id, job));
+        Ok(())
+    }
+
+    /// If the snapshot being written is done (or `wait`), points the image at it and deletes
+    /// the files it replaces.
+    fn finish_snapshot(&mut self, wait: bool) {
+        let finished = self.job.as_ref().is_some_and(|(_, j)| j.is_finished());
+        if !(finished || wait) {
+            return;
+        }
+        let Some((id, job)) = self.job.take() else {
+            return;
+        };
+        let done = match job.join() {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                error!(error = %e, "store snapshot failed; the log keeps growing until one works");
+                return;
+            }
+            Err(_) => {
+                error!("store snapshot thread panicked");
+                return;
             }
         };
-        frame::end_frame(&mut out, frame_start);
-        let end = frame::begin_frame(&mut out);
-        Record::SnapshotEnd { records }.encode(&mut out);
-        frame::end_frame(&mut out, end);
-        file.write_all_at(&out, written).map_err(io_error(&tmp))?;
-        written += out.len() as u64;
-        file.sync_all().map_err(io_error(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_error(&path))?;
-        sync_dir(&self.dir)?;
-        self.image.relocate(moved);
-        // Everything before the new segment is in the snapshot now.
-        let old: Vec<FileId> = self
-            .readers
-            .keys()
-            .copied()
-            .filter(|f| f.number < id.number)
-            .collect();
-        for f in old {
-            self.readers.remove(&f);
-        }
+        self.image.relocate_by(&done.map, id.number);
+        self.readers.retain(|f, _| f.number >= id.number);
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|f, _| f.number >= id.number);
-        for f in list_files(&self.dir)? {
-            if f.number < id.number {
-                let _ = fs::remove_file(file_path(&self.dir, f));
+        match list_files(&self.dir) {
+            Ok(files) => {
+                for f in files.into_iter().filter(|f| f.number < id.number) {
+                    let _ = fs::remove_file(file_path(&self.dir, f));
+                }
             }
+            Err(e) => error!(error = %e, "cannot list the store to delete replaced files"),
         }
-        self.snapshot_len = written;
-        self.since_snapshot = 0;
-        info!(records, bytes = written, elapsed = ?started.elapsed(), "store snapshot written");
-        Ok(())
+        self.snapshot_len = done.bytes;
+        info!(records = done.records, bytes = done.bytes, elapsed = ?done.elapsed, "store snapshot written");
     }
 }
+
+/// What the snapshot thread hands back.
+struct SnapshotDone {
+    records: u64,
+    bytes: u64,
+    /// Old place of each record copied to its place in the snapshot.
+    map: HashMap<(FileId, u64), Loc>,
+    elapsed: Duration,
+}
+
+/// Writes `image` as snapshot `id`: to a `.tmp` file, flushed, renamed, the folder flushed.
+/// Returns the records and bytes written and where each record went.
+fn write_snapshot_file(
+    dir: &Path,
+    id: FileId,
+    image: &Image,
+) -> Result<(u64, u64, image::Relocation), StoreError> {
+    let path = file_path(dir, id);
+    let tmp = path.with_extension("snap.tmp");
+    let file = File::create(&tmp).map_err(io_error(&tmp))?;
+    let mut out = frame::header(SNAPSHOT_MAGIC).to_vec();
+    let mut written = 0u64;
+    let mut frame_start = frame::begin_frame(&mut out);
+    let mut readers: HashMap<FileId, File> = HashMap::new();
+    let mut read = |loc: Loc| -> std::io::Result<Vec<u8>> {
+        let f = match readers.entry(loc.file) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(File::open(file_path(dir, loc.file))?)
+            }
+        };
+        let mut buf = vec![0; loc.len as usize];
+        f.read_exact_at(&mut buf, loc.offset)?;
+        Ok(buf)
+    };
+    let mut emit = |raw: &[u8]| -> std::io::Result<Loc> {
+        if out.len() - frame_start > 1024 * 1024 {
+            frame::end_frame(&mut out, frame_start);
+            file.write_all_at(&out, written)?;
+            written += out.len() as u64;
+            out.clear();
+            frame_start = frame::begin_frame(&mut out);
+        }
+        let loc = Loc {
+            file: id,
+            offset: written + out.len() as u64,
+            len: raw.len() as u32,
+        };
+        out.extend_from_slice(raw);
+        Ok(loc)
+    };
+    let (records, moved) = match image.write_snapshot(&mut read, &mut emit) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error(&tmp)(e));
+        }
+    };
+    frame::end_frame(&mut out, frame_start);
+    let end = frame::begin_frame(&mut out);
+    Record::SnapshotEnd { records }.encode(&mut out);
+    frame::end_frame(&mut out, end);
+    file.write_all_at(&out, written).map_err(io_error(&tmp))?;
+    written += out.len() as u64;
+    file.sync_all().map_err(io_error(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    sync_dir(dir)?;
+    Ok((records, written, moved))
+}
+
+impl Writer {}

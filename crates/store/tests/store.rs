@@ -363,10 +363,31 @@ fn snapshots_replace_the_log_and_keep_the_state() {
                 share: None,
             }));
             txn.commit();
-            store.append(&Record::Done {
-                client: "board-2",
-                seq: 10 + i,
-            });
+            // Every hundredth message stays queued: it must stay readable through snapshots.
+            if i % 100 != 0 {
+                store.append(&Record::Done {
+                    client: "board-2",
+                    seq: 10 + i,
+                });
+            } else {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(store.wait_durable(store.last_commit()));
+                // Applied by the writer a moment after it is durable.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !store.has_message(100 + i) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            for kept in (0..=i).step_by(100) {
+                if (i + kept) % 97 == 0 {
+                    let m = store
+                        .read_message(100 + kept)
+                        .expect("a queued message reads back");
+                    assert_eq!(m.payload, b"payload payload payload");
+                }
+            }
             store.append(&Record::Retain(MessageData {
                 retain: true,
                 ..message("churn", b"latest value")
@@ -385,13 +406,27 @@ fn snapshots_replace_the_log_and_keep_the_state() {
         .sum();
     // 6,000 commits of ~100 bytes each would be ~600 KB without compaction.
     assert!(total < 200 * 1024, "store holds {total} bytes: {files:?}");
-    let (_store, mut recovered, _) = Store::open(dir.path(), small).unwrap();
+    let (store, mut recovered, _) = Store::open(dir.path(), small).unwrap();
     let churn = recovered
         .retained
         .iter()
         .position(|m| m.topic == "churn")
         .unwrap();
     assert_eq!(recovered.retained.remove(churn).payload, b"latest value");
+    let board2 = recovered
+        .sessions
+        .iter_mut()
+        .find(|s| s.client == "board-2")
+        .unwrap();
+    assert_eq!(board2.entries.len(), 20, "the twenty entries left queued");
+    for e in &board2.entries {
+        let m = store.read_message(e.message).unwrap();
+        assert_eq!(m.payload, b"payload payload payload");
+    }
+    board2.entries.clear();
+    for kept in (0..2_000u64).step_by(100) {
+        recovered.messages.remove(&(100 + kept));
+    }
     check_sample_state(&recovered);
 }
 
