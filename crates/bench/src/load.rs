@@ -56,6 +56,9 @@ pub struct Settings {
     pub rate: u64,
     /// Clients keep persistent sessions (client ids are unique per run, so none is resumed).
     pub persistent: bool,
+    /// Throughput scenarios publish `rate` messages per second in all whatever the
+    /// subscribers receive (a flood), instead of keeping a window.
+    pub open_loop: bool,
 }
 
 /// What happened.
@@ -399,11 +402,22 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
             let pace = Duration::from_secs_f64(publishers as f64 / s.rate.max(1) as f64);
             let mut ticker = tokio::time::interval(pace);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let per_publisher = s.rate.max(1) as f64 / publishers as f64;
+            let mut flood_tick = tokio::time::interval(Duration::from_millis(1));
             while Instant::now() < deadline {
                 let room = if timed {
                     // Open loop at a fixed rate: one message per tick, timestamped.
                     ticker.tick().await;
                     1
+                } else if s.open_loop {
+                    // Flood: what the rate says is due by now, whatever was delivered.
+                    flood_tick.tick().await;
+                    let due = (start.elapsed().as_secs_f64() * per_publisher) as u64;
+                    let room = due.saturating_sub(flow.published.load(Ordering::Relaxed));
+                    if room == 0 {
+                        continue;
+                    }
+                    room
                 } else {
                     // Closed loop: wait while the window has no room for a whole message to
                     // every subscriber (waiting, not spinning: the receivers need the threads).

@@ -31,6 +31,7 @@ fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Setti
         version: ProtocolVersion::V3_1_1,
         rate: 300,
         persistent: false,
+        open_loop: false,
     }
 }
 

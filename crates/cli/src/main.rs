@@ -43,9 +43,13 @@ struct BenchArgs {
     /// conn (open and hold connections), p2p (pairs), fanin (many to one), fanout (one to
     /// many), latency (pairs at a fixed total --rate; percentiles of delivery time).
     scenario: String,
-    /// Messages per second in all, for the latency scenario.
+    /// Messages per second in all, for the latency scenario and --open-loop.
     #[arg(short = 'r', long, default_value_t = 1000)]
     rate: u64,
+    /// p2p, fanin, fanout: publish --rate messages per second whatever the subscribers
+    /// receive (a flood), instead of a closed-loop window.
+    #[arg(long)]
+    open_loop: bool,
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: std::net::SocketAddr,
@@ -250,6 +254,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         version,
         rate: args.rate.max(1),
         persistent: args.persistent,
+        open_loop: args.open_loop,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
