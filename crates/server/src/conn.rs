@@ -284,7 +284,9 @@ async fn handle_input(
                     }
                     Packet::Connect(c) if conn.session().is_none() => {
                         let credentials = conn.credentials(&c);
-                        authenticate(ctx, ip, conn, credentials).await;
+                        // Boxed: it runs once per connection, and its state (a login delay,
+                        // a blocking task) would otherwise enlarge every idle connection.
+                        Box::pin(authenticate(ctx, ip, conn, credentials)).await;
                         None
                     }
                     _ => None,

@@ -309,7 +309,9 @@ async fn open_connection(
     refusal: Option<ReasonCode>,
     _counted: Counted,
 ) {
-    let handshake = establish(&listening, stream);
+    // Boxed: the TLS and WebSocket handshakes' state is about 11 KB, and a connection's task
+    // would otherwise keep room for it for as long as the connection lives.
+    let handshake = Box::pin(establish(&listening, stream));
     let (transport, certificate_name) =
         match tokio::time::timeout(ctx.connect_timeout, handshake).await {
             Ok(Ok(established)) => established,
