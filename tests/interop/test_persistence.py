@@ -255,6 +255,19 @@ def test_a_full_disk_refuses_publications_instead_of_acknowledging_them(tmp_path
         infos = [other.publish("disk/x", b"refused", qos=1) for _ in range(3)]
         wait_for(lambda: len(refused_outcome) == 3, what="refusals")
         assert set(refused_outcome.values()) == {0x97}, refused_outcome
+        # 3.1.1 has no refusal: the connection is closed, and nothing is acknowledged.
+        closed = []
+        old = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="disk-pub-311", protocol=mqtt.MQTTv311)
+        old.on_disconnect = lambda *_args: closed.append(True)
+        old.on_publish = lambda _c, _u, mid, rc, _p: refused_outcome.__setitem__(("311", mid), rc)
+        old.connect("127.0.0.1", broker.port)
+        old.loop_start()
+        wait_for(old.is_connected, what="3.1.1 publisher connected")
+        old.reconnect_delay_set(min_delay=60, max_delay=60)
+        old.publish("disk/x", b"refused", qos=1)
+        wait_for(lambda: closed, what="the 3.1.1 publisher's connection to close")
+        assert not any(isinstance(k, tuple) for k in refused_outcome), "a 3.1.1 publication was acknowledged"
+        old.loop_stop()
         assert all(m not in outcome for m in pending), "acknowledged before it was on disk"
         # Space comes back: the waiting acknowledgements arrive, new publications are taken.
         subprocess.run(["prlimit", "--pid", str(broker.proc.pid), "--fsize=unlimited:unlimited"], check=True)
