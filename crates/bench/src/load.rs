@@ -59,6 +59,8 @@ pub struct Settings {
     /// Throughput scenarios publish `rate` messages per second in all whatever the
     /// subscribers receive (a flood), instead of keeping a window.
     pub open_loop: bool,
+    /// Print a progress line on standard error every second.
+    pub progress: bool,
 }
 
 /// What happened.
@@ -505,8 +507,35 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
             Some(())
         }));
     }
+    let progress = s.progress.then(|| {
+        let flows = flows.clone();
+        let total = s.duration;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last = 0u64;
+            loop {
+                tick.tick().await;
+                let sum = |f: fn(&Flow) -> &AtomicU64| -> u64 {
+                    flows.iter().map(|x| f(x).load(Ordering::Relaxed)).sum()
+                };
+                let (published, delivered) = (sum(|f| &f.published), sum(|f| &f.delivered));
+                let elapsed = start.elapsed().as_secs().min(total.as_secs());
+                eprint!(
+                    "\r{elapsed:>4}/{} s  published {published:>12}  delivered {delivered:>12}  {:>10}/s   ",
+                    total.as_secs(),
+                    delivered - last
+                );
+                last = delivered;
+            }
+        })
+    });
     for t in senders {
         let _ = t.await;
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
     }
     let seconds = start.elapsed().as_secs_f64();
     // Let the last deliveries arrive; receivers stop once they go quiet.

@@ -32,6 +32,7 @@ fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Setti
         rate: 300,
         persistent: false,
         open_loop: false,
+        progress: false,
     }
 }
 

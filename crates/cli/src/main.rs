@@ -255,6 +255,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         rate: args.rate.max(1),
         persistent: args.persistent,
         open_loop: args.open_loop,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
