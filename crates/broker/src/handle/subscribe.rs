@@ -47,11 +47,18 @@ pub(crate) fn handle_subscribe(
         codes: List::Items(&codes),
     };
     send(out, &Packet::SubAck(suback), a.version);
-    let mut journal = broker.journal().filter(|_| a.session.is_persistent());
-    for out in retained {
-        a.session.enqueue(out, QueueLimit::NONE, journal.as_mut());
+    // Each retained copy is an entry of its own: written in frames of a thousand, so that a
+    // `#` over a million retained messages does not make one giant frame (and does not hold
+    // the store's lock for the whole walk).
+    let persistent = a.session.is_persistent();
+    for chunk in retained.chunks(1000) {
+        let mut journal = broker.journal().filter(|_| persistent);
+        for out in chunk {
+            a.session
+                .enqueue(out.clone(), QueueLimit::NONE, journal.as_mut());
+        }
+        a.needs = a.needs.max(persist::commit(journal));
     }
-    a.needs = a.needs.max(persist::commit(journal));
     Ok(())
 }
 
