@@ -13,4 +13,4 @@
 
 mod load;
 
-pub use load::{run, Report, Scenario, Settings};
+pub use load::{run, tls, Report, Scenario, Settings, Tls};

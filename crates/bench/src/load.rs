@@ -61,6 +61,44 @@ pub struct Settings {
     pub open_loop: bool,
     /// Print a progress line on standard error every second.
     pub progress: bool,
+    /// Connect over TLS (see [`tls`]).
+    pub tls: Option<Tls>,
+}
+
+/// A TLS client configuration and the server name the broker's certificate must carry.
+pub type Tls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+/// A byte stream to the broker: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// TLS settings trusting the PEM CA certificates in `path`, for a broker named `name`.
+pub fn tls(path: &std::path::Path, name: &str) -> std::io::Result<Tls> {
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|_| std::io::Error::other(format!("{name} is not a host name or address")))?;
+    Ok((tls_config(path)?, name))
+}
+
+fn tls_config(path: &std::path::Path) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(std::io::Error::other)?
+    {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// What happened.
@@ -112,15 +150,23 @@ fn encode(packet: &Packet<'_>, version: ProtocolVersion, out: &mut Vec<u8>) {
 
 /// A raw MQTT connection with a read buffer.
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
     version: ProtocolVersion,
 }
 
 impl Conn {
     async fn open(s: &Settings, client_id: &str) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(s.broker).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(s.broker).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &s.tls {
+            Some((config, name)) => Box::new(
+                tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await?,
+            ),
+            None => Box::new(tcp),
+        };
         let mut c = Conn {
             stream,
             buf: Vec::with_capacity(64 * 1024),

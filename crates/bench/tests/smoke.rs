@@ -33,6 +33,7 @@ fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Setti
         persistent: false,
         open_loop: false,
         progress: false,
+        tls: None,
     }
 }
 

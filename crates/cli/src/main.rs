@@ -50,6 +50,12 @@ struct BenchArgs {
     /// receive (a flood), instead of a closed-loop window.
     #[arg(long)]
     open_loop: bool,
+    /// Connect over TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    cafile: Option<std::path::PathBuf>,
+    /// With --cafile: the name the broker's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: std::net::SocketAddr,
@@ -256,7 +262,18 @@ fn bench(args: BenchArgs) -> ExitCode {
         persistent: args.persistent,
         open_loop: args.open_loop,
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        tls: None,
     };
+    let mut settings = settings;
+    if let Some(path) = &args.cafile {
+        match tern_bench::tls(path, &args.tls_name) {
+            Ok(tls) => settings.tls = Some(tls),
+            Err(e) => {
+                eprintln!("tern bench: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
