@@ -8,57 +8,47 @@
 //! only means a message or a PUBREL is sent again after a crash, which QoS 1 and 2 allow.
 
 use tern_proto::{Ack, Packet, ReasonCode};
-use tern_store::Record;
 
 use crate::broker::Broker;
 use crate::connection::{send, Attached, Close};
 use crate::persist::Step;
 use crate::session::Inflight;
 
-/// Records `record` for a persistent session; with `wait`, the connection's output waits
-/// for it to be durable.
-///
-/// The record waits in the connection until the flush that follows the packets read in this
-/// turn (`deliver::flush`), which writes all of them in one frame before any output leaves.
-fn log(broker: &Broker, a: &mut Attached, record: Record<'_>, wait: bool) {
+/// Records `step` for a persistent session (entry 0 is not stored: nothing to record). It
+/// waits in the connection until the flush that follows the packets read in this turn
+/// (`deliver::flush`), which writes all of them in one frame before any output leaves.
+fn log(broker: &Broker, a: &mut Attached, step: Step) {
     if broker.store().is_none() || !a.session.is_persistent() {
         return;
     }
-    let step = match record {
-        Record::Done { seq, .. } => Step::Done(seq),
-        Record::Released { seq, .. } => Step::Released(seq),
-        Record::IncomingReleased { packet_id, .. } => Step::IncomingReleased(packet_id),
-        _ => return,
+    let (stored, wait) = match step {
+        Step::Done(seq) => (seq != 0, false),
+        Step::Released(seq) => (seq != 0, true),
+        Step::IncomingReleased(_) => (true, true),
     };
-    a.steps.push(step);
-    a.steps_wait |= wait;
+    if stored {
+        a.steps.push(step);
+        a.steps_wait |= wait;
+    }
+}
+
+/// Ends the delivery in flight under `id` if `ends` says this acknowledgement ends it, and
+/// returns its store entry.
+fn finish(a: &mut Attached, id: u16, ends: impl Fn(&Inflight) -> Option<u64>) -> Option<u64> {
+    let mut state = a.session.lock();
+    let seq = state.inflight.get(&id).and_then(ends)?;
+    state.inflight.remove(&id);
+    Some(seq)
 }
 
 /// PUBACK ends a QoS 1 delivery [MQTT-4.3.2-1].
 pub(crate) fn handle_puback(broker: &Broker, a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
-    let id = ack.packet_id.get();
-    let seq = {
-        let mut state = a.session.lock();
-        match state.inflight.get(&id) {
-            Some(Inflight::Publish(o)) => {
-                let seq = o.seq;
-                state.inflight.remove(&id);
-                seq
-            }
-            _ => 0,
-        }
+    let ends = |e: &Inflight| match e {
+        Inflight::Publish(o) => Some(o.seq),
+        Inflight::Release { .. } => None,
     };
-    if seq != 0 {
-        let client = a.client_id.clone();
-        log(
-            broker,
-            a,
-            Record::Done {
-                client: &client,
-                seq,
-            },
-            false,
-        );
+    if let Some(seq) = finish(a, ack.packet_id.get(), ends) {
+        log(broker, a, Step::Done(seq));
     }
     Ok(())
 }
@@ -78,20 +68,11 @@ pub(crate) fn handle_pubrec(
         Some(Inflight::Release { seq }) => Some(*seq),
         None => None,
     };
-    let client = a.client_id.clone();
     if !ack.reason.is_success() {
         state.inflight.remove(&id);
         drop(state);
-        if let Some(seq) = seq.filter(|s| *s != 0) {
-            log(
-                broker,
-                a,
-                Record::Done {
-                    client: &client,
-                    seq,
-                },
-                false,
-            );
+        if let Some(seq) = seq {
+            log(broker, a, Step::Done(seq));
         }
         return Ok(());
     }
@@ -100,17 +81,7 @@ pub(crate) fn handle_pubrec(
         Some(seq) => {
             state.inflight.insert(id, Inflight::Release { seq });
             drop(state);
-            if seq != 0 {
-                log(
-                    broker,
-                    a,
-                    Record::Released {
-                        client: &client,
-                        seq,
-                    },
-                    true,
-                );
-            }
+            log(broker, a, Step::Released(seq));
         }
         None => {
             drop(state);
@@ -125,16 +96,7 @@ pub(crate) fn handle_pubrec(
 pub(crate) fn release_incoming(broker: &Broker, a: &mut Attached, id: u16) -> bool {
     let known = a.session.lock().incoming_qos2.remove(&id);
     if known {
-        let client = a.client_id.clone();
-        log(
-            broker,
-            a,
-            Record::IncomingReleased {
-                client: &client,
-                packet_id: id,
-            },
-            true,
-        );
+        log(broker, a, Step::IncomingReleased(id));
     }
     known
 }
@@ -157,29 +119,12 @@ pub(crate) fn handle_pubrel(
 
 /// PUBCOMP ends a QoS 2 delivery [MQTT-4.3.3-7].
 pub(crate) fn handle_pubcomp(broker: &Broker, a: &mut Attached, ack: Ack<'_>) -> Result<(), Close> {
-    let id = ack.packet_id.get();
-    let seq = {
-        let mut state = a.session.lock();
-        match state.inflight.get(&id) {
-            Some(Inflight::Release { seq }) => {
-                let seq = *seq;
-                state.inflight.remove(&id);
-                seq
-            }
-            _ => 0,
-        }
+    let ends = |e: &Inflight| match e {
+        Inflight::Release { seq } => Some(*seq),
+        Inflight::Publish(_) => None,
     };
-    if seq != 0 {
-        let client = a.client_id.clone();
-        log(
-            broker,
-            a,
-            Record::Done {
-                client: &client,
-                seq,
-            },
-            false,
-        );
+    if let Some(seq) = finish(a, ack.packet_id.get(), ends) {
+        log(broker, a, Step::Done(seq));
     }
     Ok(())
 }

@@ -7,18 +7,24 @@ use std::time::Duration;
 
 use tern_proto::{Ack, Packet, ProtocolVersion::*, QoS};
 
-use crate::client::{connect, pid, publish, TestBroker};
+use crate::client::{connect, pid, publish, Raw, TestBroker};
 
 const STORE: &str = "[persistence]\nmode = \"sync\"\n";
+
+/// A 3.1.1 client with Clean Session 0, its CONNACK's Session Present checked.
+async fn persistent(broker: &TestBroker, client_id: &str, present: bool) -> Raw {
+    let mut c = broker.raw(V3_1_1).await;
+    c.send(&Packet::Connect(connect(V3_1_1, client_id, false)))
+        .await;
+    c.expect_connack(present, 0).await;
+    c
+}
 
 #[tokio::test]
 async fn a_persistent_session_keeps_its_subscription_and_queue_across_a_restart() {
     // [MQTT-4.1.0-1] the session state of a persistent session must be kept.
     let broker = TestBroker::with_config(STORE).await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "board", false).await;
     s.subscribe("cmd/#", QoS::AtLeastOnce, 1).await;
     drop(s);
     let mut p = broker.connect(V3_1_1, "pub").await;
@@ -37,10 +43,7 @@ async fn a_persistent_session_keeps_its_subscription_and_queue_across_a_restart(
 
     let broker = broker.restart().await;
     // The queued messages arrive, in order [MQTT-4.6.0-1]; Session Present is 1.
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
-        .await;
-    s.expect_connack(true, 0).await;
+    let mut s = persistent(&broker, "board", true).await;
     for i in 1..=5 {
         let m = s.expect_publish().await;
         assert_eq!(m.payload, format!("m{i}").as_bytes());
@@ -61,10 +64,7 @@ async fn a_persistent_session_keeps_its_subscription_and_queue_across_a_restart(
     // Acknowledged messages are gone for good.
     drop(s);
     let broker = broker.restart().await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
-        .await;
-    s.expect_connack(true, 0).await;
+    let mut s = persistent(&broker, "board", true).await;
     let m = s.expect_publish().await;
     assert_eq!(
         m.payload, b"after",
@@ -77,10 +77,7 @@ async fn an_unacknowledged_delivery_is_resent_with_dup_and_the_same_packet_id() 
     // [MQTT-4.4.0-1] on resuming a session, unacknowledged PUBLISH packets are re-sent with
     // their original packet identifiers; [MQTT-3.3.1-1] DUP is set.
     let broker = TestBroker::with_config(STORE).await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "board", false).await;
     s.subscribe("a", QoS::ExactlyOnce, 1).await;
     let mut p = broker.connect(V3_1_1, "pub").await;
     p.publish("a", b"one", QoS::AtLeastOnce, 1).await;
@@ -97,10 +94,7 @@ async fn an_unacknowledged_delivery_is_resent_with_dup_and_the_same_packet_id() 
     drop(p);
 
     let broker = broker.restart().await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "board", false)))
-        .await;
-    s.expect_connack(true, 0).await;
+    let mut s = persistent(&broker, "board", true).await;
     let again = s.expect_publish().await;
     assert_eq!(again.payload, b"one");
     assert!(again.dup);
@@ -124,15 +118,9 @@ async fn a_qos2_packet_id_received_before_a_restart_is_not_delivered_twice() {
     // [MQTT-4.3.3-10] until PUBREL, a re-sent QoS 2 PUBLISH with the same packet id is not a
     // new message: the broker remembers the id across a restart.
     let broker = TestBroker::with_config(STORE).await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "sub", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "sub", false).await;
     s.subscribe("x", QoS::AtLeastOnce, 1).await;
-    let mut p = broker.raw(V3_1_1).await;
-    p.send(&Packet::Connect(connect(V3_1_1, "pub", false)))
-        .await;
-    p.expect_connack(false, 0).await;
+    let mut p = persistent(&broker, "pub", false).await;
     p.send(&Packet::Publish(publish("x", b"once", QoS::ExactlyOnce, 7)))
         .await;
     p.recv(|p| assert!(matches!(p, Packet::PubRec(_)), "{p:?}"))
@@ -148,10 +136,7 @@ async fn a_qos2_packet_id_received_before_a_restart_is_not_delivered_twice() {
     drop(s);
 
     let broker = broker.restart().await;
-    let mut p = broker.raw(V3_1_1).await;
-    p.send(&Packet::Connect(connect(V3_1_1, "pub", false)))
-        .await;
-    p.expect_connack(true, 0).await;
+    let mut p = persistent(&broker, "pub", true).await;
     // The publisher did not see PUBCOMP: it sends the PUBLISH again with DUP, then PUBREL.
     let again = tern_proto::Publish {
         dup: true,
@@ -166,10 +151,7 @@ async fn a_qos2_packet_id_received_before_a_restart_is_not_delivered_twice() {
         other => panic!("{other:?}"),
     })
     .await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "sub", false)))
-        .await;
-    s.expect_connack(true, 0).await;
+    let mut s = persistent(&broker, "sub", true).await;
     s.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -180,19 +162,12 @@ async fn clean_sessions_and_expired_sessions_are_not_kept() {
     let broker = TestBroker::with_config(STORE).await;
     let mut clean = broker.connect(V3_1_1, "clean").await;
     clean.subscribe("t", QoS::AtLeastOnce, 1).await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "kept", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "kept", false).await;
     s.subscribe("t", QoS::AtLeastOnce, 1).await;
     drop(s);
     drop(clean);
     let broker = broker.restart().await;
-    let mut again = broker.raw(V3_1_1).await;
-    again
-        .send(&Packet::Connect(connect(V3_1_1, "clean", false)))
-        .await;
-    again.expect_connack(false, 0).await;
+    let again = persistent(&broker, "clean", false).await;
     let mut s = broker.raw(V3_1_1).await;
     s.send(&Packet::Connect(connect(V3_1_1, "kept", true)))
         .await;
@@ -200,20 +175,14 @@ async fn clean_sessions_and_expired_sessions_are_not_kept() {
     drop(s);
     drop(again);
     let broker = broker.restart().await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "kept", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "kept", false).await;
 }
 
 #[tokio::test]
 async fn a_long_offline_queue_leaves_memory_and_is_delivered_from_disk_in_order() {
     // [MQTT-4.6.0-1] ordered delivery, from a queue whose tail was read back from the store.
     let broker = TestBroker::with_config(STORE).await;
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "away", false)))
-        .await;
-    s.expect_connack(false, 0).await;
+    let mut s = persistent(&broker, "away", false).await;
     s.subscribe("q", QoS::AtLeastOnce, 1).await;
     drop(s);
     let mut p = broker.connect(V3_1_1, "pub").await;
@@ -230,10 +199,7 @@ async fn a_long_offline_queue_leaves_memory_and_is_delivered_from_disk_in_order(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(offloaded, 400);
-    let mut s = broker.raw(V3_1_1).await;
-    s.send(&Packet::Connect(connect(V3_1_1, "away", false)))
-        .await;
-    s.expect_connack(true, 0).await;
+    let mut s = persistent(&broker, "away", true).await;
     for i in 1..=500 {
         let m = s.expect_publish().await;
         assert_eq!(m.payload, format!("m{i:03}").as_bytes());
