@@ -175,7 +175,8 @@ async fn clean_sessions_and_expired_sessions_are_not_kept() {
     drop(s);
     drop(again);
     let broker = broker.restart().await;
-    let mut s = persistent(&broker, "kept", false).await;
+    // Session Present 0: Clean Start discarded the stored session.
+    persistent(&broker, "kept", false).await;
 }
 
 #[tokio::test]
