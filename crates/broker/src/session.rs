@@ -47,11 +47,13 @@ impl Outgoing {
     }
 }
 
-/// Messages waiting to be sent, oldest first, with their total size kept.
+/// Messages waiting to be sent, oldest first, with their total size and the number of
+/// offloaded ones kept.
 #[derive(Debug, Default)]
 pub struct Queue {
     items: VecDeque<Outgoing>,
     bytes: usize,
+    offloaded: usize,
 }
 
 impl Queue {
@@ -68,6 +70,21 @@ impl Queue {
     /// Bytes of payload and topic waiting.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Messages whose payload is out of memory (see [`Outgoing::offloaded`]).
+    pub fn offloaded(&self) -> usize {
+        self.offloaded
+    }
+
+    fn count_in(&mut self, out: &Outgoing) {
+        self.bytes += out.size();
+        self.offloaded += usize::from(out.offloaded);
+    }
+
+    fn count_out(&mut self, out: &Outgoing) {
+        self.bytes -= out.size();
+        self.offloaded -= usize::from(out.offloaded);
     }
 
     /// The message at `index` (0: the oldest).
@@ -87,38 +104,41 @@ impl Queue {
 
     /// Adds a message at the back.
     pub fn push_back(&mut self, out: Outgoing) {
-        self.bytes += out.size();
+        self.count_in(&out);
         self.items.push_back(out);
     }
 
     /// Puts a message taken with `pop_front` back.
     pub fn push_front(&mut self, out: Outgoing) {
-        self.bytes += out.size();
+        self.count_in(&out);
         self.items.push_front(out);
     }
 
     /// Takes the oldest message.
     pub fn pop_front(&mut self) -> Option<Outgoing> {
         let out = self.items.pop_front()?;
-        self.bytes -= out.size();
+        self.count_out(&out);
         Some(out)
     }
 
     /// Swaps the message of the entry at `index` (taking it out of memory or back), keeping
     /// the byte count right.
     pub(crate) fn replace_message(&mut self, index: usize, message: Arc<Message>, offloaded: bool) {
-        if let Some(out) = self.items.get_mut(index) {
-            self.bytes -= out.size();
-            out.message = message;
-            out.offloaded = offloaded;
-            self.bytes += out.size();
-        }
+        let Some(out) = self.items.get_mut(index) else {
+            return;
+        };
+        let (old_size, old_offloaded) = (out.size(), out.offloaded);
+        out.message = message;
+        out.offloaded = offloaded;
+        let new_size = out.size();
+        self.bytes = self.bytes - old_size + new_size;
+        self.offloaded = self.offloaded - usize::from(old_offloaded) + usize::from(offloaded);
     }
 
     /// Takes the message at `index`.
     pub fn remove(&mut self, index: usize) -> Option<Outgoing> {
         let out = self.items.remove(index)?;
-        self.bytes -= out.size();
+        self.count_out(&out);
         Some(out)
     }
 }

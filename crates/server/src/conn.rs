@@ -140,6 +140,7 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
     let mut deadline = Instant::now() + ctx.connect_timeout;
     let mut throttle = Throttle::new(&ctx);
     let mut throttled_until: Option<Instant> = None;
+    let mut durable_seen = 0u64;
 
     let end = loop {
         let session = conn.session().cloned();
@@ -211,11 +212,13 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
         };
         // What the output acknowledges or delivers must be on disk first (group commit: the
         // wait is shared with every connection that committed meanwhile).
+        // `durable_seen` spares the store's lock on turns that add nothing to wait for.
         let needed = conn.durable_needed();
-        if let Some(store) = broker.store().filter(|s| needed > s.durable()) {
-            if !store.wait_durable(needed).await {
+        if let Some(store) = broker.store().filter(|_| needed > durable_seen) {
+            if needed > store.durable() && !store.wait_durable(needed).await {
                 break End::Shutdown;
             }
+            durable_seen = needed;
         }
         if !out.is_empty() {
             broker

@@ -396,7 +396,6 @@ impl Store {
             segment_id: segment,
             segment_len: len,
             image,
-            readers: HashMap::new(),
             options,
             durable: durable_tx,
             since_snapshot,
@@ -424,11 +423,6 @@ impl Store {
             _lock: lock_file,
         };
         Ok((store, recovered, report))
-    }
-
-    /// The folder the store lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Starts a transaction. Until it is committed or dropped, other appends wait.
@@ -703,8 +697,6 @@ struct Writer {
     segment_id: FileId,
     segment_len: u64,
     image: Image,
-    /// Older files, open for reading records into a snapshot.
-    readers: HashMap<FileId, File>,
     options: Options,
     durable: watch::Sender<u64>,
     since_snapshot: u64,
@@ -854,8 +846,7 @@ impl Writer {
             number: self.segment_id.number + 1,
         };
         let (file, len) = create_file(&self.dir, id, SEGMENT_MAGIC)?;
-        let old = std::mem::replace(&mut self.segment, file);
-        self.readers.insert(self.segment_id, old);
+        self.segment = file;
         self.segment_id = id;
         self.segment_len = len;
         Ok(())
@@ -928,7 +919,6 @@ impl Writer {
             }
         };
         self.image.relocate_by(&done.map, id.number);
-        self.readers.retain(|f, _| f.number >= id.number);
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -114,9 +114,11 @@ fn reload(broker: &Broker, a: &mut Attached, window: usize, now: Instant) {
     let Some(store) = broker.store() else {
         return;
     };
-    let wanted: Vec<(u64, u64)> = a
-        .session
-        .lock()
+    let state = a.session.lock();
+    if state.queue.offloaded() == 0 {
+        return;
+    }
+    let wanted: Vec<(u64, u64)> = state
         .queue
         .iter()
         .filter(|o| o.qos != QoS::AtMostOnce)
@@ -124,6 +126,7 @@ fn reload(broker: &Broker, a: &mut Attached, window: usize, now: Instant) {
         .filter(|o| o.offloaded)
         .filter_map(|o| Some((o.seq, *o.message.stored.get()?)))
         .collect();
+    drop(state);
     if wanted.is_empty() {
         return;
     }

@@ -51,14 +51,15 @@ pub(crate) fn handle_subscribe(
     // `#` over a million retained messages does not make one giant frame (and does not hold
     // the store's lock for the whole walk).
     let persistent = a.session.is_persistent();
-    for chunk in retained.chunks(1000) {
-        let mut journal = broker.journal().filter(|_| persistent);
-        for out in chunk {
-            a.session
-                .enqueue(out.clone(), QueueLimit::NONE, journal.as_mut());
+    let mut journal = None;
+    for (i, out) in retained.into_iter().enumerate() {
+        if i % 1000 == 0 {
+            a.needs = a.needs.max(persist::commit(journal.take()));
+            journal = broker.journal().filter(|_| persistent);
         }
-        a.needs = a.needs.max(persist::commit(journal));
+        a.session.enqueue(out, QueueLimit::NONE, journal.as_mut());
     }
+    a.needs = a.needs.max(persist::commit(journal));
     Ok(())
 }
 
