@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use crate::access::{AccessControl, AllowAll};
@@ -34,8 +34,59 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     /// Bytes sent.
     pub bytes_sent: AtomicU64,
-    /// Messages dropped because a subscriber's queue was full or they expired.
+    /// Messages dropped, for any cause (the sum of `dropped`).
     pub messages_dropped: AtomicU64,
+    /// PUBLISH packets received, by QoS.
+    pub received_by_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent, by QoS.
+    pub sent_by_qos: [AtomicU64; 3],
+    /// Messages dropped, by [`DropCause`].
+    pub dropped: [AtomicU64; DropCause::ALL.len()],
+    /// Clients that completed CONNECT since the start.
+    pub connects: AtomicU64,
+}
+
+/// Why a message did not reach a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// The subscriber's queue was full (messages or bytes).
+    QueueFull,
+    /// Its Message Expiry Interval ran out before it could be sent.
+    Expired,
+    /// Larger than the Maximum Packet Size the subscriber accepts [MQTT-3.1.2-25].
+    TooLarge,
+    /// Taken out of memory and then not readable from the store.
+    Unreadable,
+}
+
+impl DropCause {
+    /// Every cause, in the order of [`Stats::dropped`].
+    pub const ALL: [DropCause; 4] = [
+        DropCause::QueueFull,
+        DropCause::Expired,
+        DropCause::TooLarge,
+        DropCause::Unreadable,
+    ];
+
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropCause::QueueFull => "queue_full",
+            DropCause::Expired => "expired",
+            DropCause::TooLarge => "too_large",
+            DropCause::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl Stats {
+    /// Counts `n` messages dropped for `cause`.
+    pub fn drop_messages(&self, cause: DropCause, n: u64) {
+        if n > 0 {
+            self.messages_dropped.fetch_add(n, Ordering::Relaxed);
+            self.dropped[cause as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The broker: everything connections share.
@@ -53,7 +104,11 @@ pub struct Broker {
     retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
     next_connection: AtomicU64,
     store: Option<Arc<Store>>,
+    observer: OnceLock<Observer>,
 }
+
+/// Called with every message the broker routes (the console's topic tree).
+pub type Observer = Box<dyn Fn(&Message) + Send + Sync>;
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
@@ -96,7 +151,14 @@ impl Broker {
             tree: RwLock::new(SubscriptionTree::default()),
             retained: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Has `observer` called with every message routed from now on (set once; later calls
+    /// are ignored). It runs on the message path: it must be quick.
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     /// The store, when the broker persists.
@@ -139,6 +201,11 @@ impl Broker {
     /// Retained messages held.
     pub fn retained_count(&self) -> usize {
         read(&self.retained).len()
+    }
+
+    /// Whether `topic` has a retained message.
+    pub(crate) fn has_retained(&self, topic: &str) -> bool {
+        read(&self.retained).contains_key(topic)
     }
 
     /// Stores, replaces or (empty payload) clears the retained message of its topic
@@ -207,6 +274,9 @@ impl Broker {
         message: Arc<Message>,
         journal: &mut Option<Journal<'s>>,
     ) -> usize {
+        if let Some(observe) = self.observer.get() {
+            observe(&message);
+        }
         let retain = message.retain && self.limits.retain_available;
         let matches = self.tree().matches(&message.topic);
         // Merge overlapping subscriptions per session (section 3.3.4).
@@ -264,7 +334,7 @@ impl Broker {
         }
         for (session, out) in per_session {
             if !session.enqueue(out, self.limits.queue_limit(), journal.as_mut()) {
-                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_messages(DropCause::QueueFull, 1);
             }
         }
         reached
@@ -324,7 +394,7 @@ impl Broker {
                     .session
                     .enqueue(out, self.limits.queue_limit(), journal.as_mut())
                 {
-                    self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.drop_messages(DropCause::QueueFull, 1);
                 }
                 if let (Some(j), true) = (journal.as_mut(), old_seq != 0) {
                     j.push(&Record::Done {
@@ -397,7 +467,7 @@ impl Broker {
                     continue;
                 }
                 removed += 1;
-                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.drop_messages(DropCause::Expired, 1);
                 if let (Some(j), true) = (journal.as_mut(), out.seq != 0) {
                     j.push(&Record::Done {
                         client: &session.client_id,

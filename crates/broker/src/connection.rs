@@ -346,6 +346,8 @@ impl Connection {
             } else {
                 state.owner = None;
                 state.disconnected_at = Some(now);
+                state.peer = None;
+                state.connected_since = None;
                 if let (Some(j), Some(store)) = (journal.as_mut(), self.broker.store()) {
                     if state.expiry_interval == 0 && a.session.is_persistent() {
                         // DISCONNECT set the expiry to 0: the session ends here.

@@ -9,6 +9,7 @@
 //! transport holds a connection's output until [`Connection::durable_needed`] is on disk.
 
 mod access;
+mod admin;
 mod broker;
 mod config;
 mod connection;
@@ -21,7 +22,8 @@ mod session;
 mod tree;
 
 pub use access::{AccessControl, AllowAll, Credentials, Identity};
-pub use broker::{Broker, Stats};
+pub use admin::Removal;
+pub use broker::{Broker, DropCause, Observer, Stats};
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;

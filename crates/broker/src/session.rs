@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tern_proto::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::Notify;
@@ -160,9 +160,18 @@ pub enum Inflight {
 pub struct SessionState {
     /// The connection attached now, if any.
     pub owner: Option<u64>,
-    /// Set when another connection took the session over, or an administrator closed it: the
-    /// owner closes with this reason.
+    /// Set when another connection took the session over: the previous owner closes with
+    /// this reason.
     pub kick: Option<ReasonCode>,
+    /// Set when an administrator closes the connection attached now: it closes with this
+    /// reason.
+    pub close_owner: Option<ReasonCode>,
+    /// The attached connection's peer address, as text.
+    pub peer: Option<Arc<str>>,
+    /// The attached connection's keep alive in seconds (after the broker's maximum).
+    pub keep_alive: u16,
+    /// When the attached connection completed CONNECT (wall clock, for people).
+    pub connected_since: Option<SystemTime>,
     /// The protocol version of the last connection.
     pub version: ProtocolVersion,
     /// The user name the last connection authenticated with.
@@ -190,6 +199,10 @@ impl SessionState {
         SessionState {
             owner: None,
             kick: None,
+            close_owner: None,
+            peer: None,
+            keep_alive: 0,
+            connected_since: None,
             version,
             username: None,
             subscriptions: HashMap::new(),

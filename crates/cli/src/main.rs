@@ -28,6 +28,8 @@ enum Command {
     Cert(CertArgs),
     /// Manage users and their passwords in the users file.
     User(UserArgs),
+    /// Manage the web console's administrators.
+    Admin(AdminArgs),
     /// Publish a message (flags as mosquitto_pub: -h -p -t -m -q -r -u -P -i -V --cafile -f -l -s -n).
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages (flags as mosquitto_sub: -t -q -v -C -W, and -F json).
@@ -152,6 +154,34 @@ enum UserAction {
 }
 
 #[derive(Debug, clap::Args)]
+struct AdminArgs {
+    #[command(subcommand)]
+    action: AdminAction,
+    /// The administrators file (default: admin.toml in the data directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The data directory the broker uses.
+    #[arg(long, global = true, value_name = "DIR", default_value = "tern-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Set an administrator's password, adding the administrator if new (asks for it, or
+    /// reads one line from stdin with --password-stdin).
+    Passwd {
+        /// The administrator's name.
+        #[arg(default_value = "admin")]
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the administrators' names.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
 struct BrokerArgs {
     /// Configuration file (TOML); every key is in docs/configuration.md.
     #[arg(short, long, value_name = "FILE")]
@@ -166,6 +196,10 @@ struct BrokerArgs {
     /// Log verbosity: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Address for the web console, admin API and /metrics (default 127.0.0.1:18083), or
+    /// `off`.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    console: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +212,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => broker(args),
         Command::Cert(args) => cert(args),
         Command::User(args) => user(args),
+        Command::Admin(args) => admin(args),
         Command::Pub(args) => pubsub::publish(args),
         Command::Bench(args) => bench(args),
         Command::Sub(args) => pubsub::subscribe(args),
@@ -440,6 +475,50 @@ fn user(args: UserArgs) -> ExitCode {
     }
 }
 
+fn admin(args: AdminArgs) -> ExitCode {
+    use tern_server::console::auth::AdminFile;
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.toml"));
+    let run = || -> Result<(), String> {
+        let mut file = AdminFile::load(&path)?.unwrap_or_default();
+        match args.action {
+            AdminAction::Passwd {
+                name,
+                password_stdin,
+            } => {
+                if name.is_empty() {
+                    return Err("the name is empty".into());
+                }
+                let password = read_password(password_stdin)?;
+                if password.len() < 8 {
+                    return Err("the password must be at least 8 characters".into());
+                }
+                file.set_password(&name, &password)?;
+                file.save(&path)?;
+                println!(
+                    "password set for administrator {name} in {}",
+                    path.display()
+                );
+            }
+            AdminAction::List => {
+                for a in &file.admins {
+                    println!("{}", a.name);
+                }
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern admin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn broker(args: BrokerArgs) -> ExitCode {
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -460,6 +539,20 @@ fn broker(args: BrokerArgs) -> ExitCode {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    match args.console.as_deref() {
+        None => {}
+        Some("off") => config.console.enabled = false,
+        Some(addr) => match addr.parse() {
+            Ok(bind) => {
+                config.console.enabled = true;
+                config.console.bind = bind;
+            }
+            Err(_) => {
+                eprintln!("tern: --console takes ADDR:PORT or off, not {addr:?}");
+                return ExitCode::from(2);
+            }
+        },
     }
     if let Some(level) = args.log_level {
         config.log_level = level;

@@ -290,7 +290,7 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn verify_password(password: &[u8], hash: &str) -> bool {
+pub(crate) fn verify_password(password: &[u8], hash: &str) -> bool {
     PasswordHash::new(hash)
         .is_ok_and(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
 }
@@ -310,6 +310,8 @@ pub struct FileAccess {
     path: PathBuf,
     current: RwLock<(Arc<UsersFile>, Option<SystemTime>)>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Held while the file is changed through [`FileAccess::edit`], so two edits do not race.
+    editing: Mutex<()>,
     /// A hash to verify against for unknown users, so a wrong name costs as much as a wrong
     /// password and timing does not tell which users exist.
     decoy: String,
@@ -324,6 +326,7 @@ impl FileAccess {
             path: path.to_owned(),
             current: RwLock::new((Arc::new(file), stamp)),
             failures: Mutex::new(HashMap::new()),
+            editing: Mutex::new(()),
             decoy: hash_password("decoy")?,
         }))
     }
@@ -334,6 +337,25 @@ impl FileAccess {
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone()
+    }
+
+    /// The file as loaded now.
+    pub fn users(&self) -> Arc<UsersFile> {
+        self.file()
+    }
+
+    /// Changes the file on disk with `change` (applied to what the disk holds now, so hand
+    /// edits are kept), then loads it: new rules apply to connected clients at once.
+    pub fn edit<T>(
+        &self,
+        change: impl FnOnce(&mut UsersFile) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let _editing = self.editing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut file = UsersFile::load(&self.path)?;
+        let out = change(&mut file)?;
+        file.save(&self.path)?;
+        self.reload();
+        Ok(out)
     }
 
     /// Whether any user exists.

@@ -30,6 +30,42 @@ pub struct Config {
     pub sys: SysConfig,
     /// What is kept on disk, and when it is durable.
     pub persistence: PersistenceConfig,
+    /// The web console, admin API and `/metrics`.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console, the admin API and `/metrics`, on one HTTP port.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Whether the console is served at all.
+    pub enabled: bool,
+    /// Address and port; loopback only unless changed.
+    pub bind: SocketAddr,
+    /// PEM certificate chain: serve HTTPS (and mark the login cookie Secure).
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// The console's administrators; default `admin.toml` in `data_dir`.
+    pub admin_file: Option<PathBuf>,
+    /// Most topics the topic tree keeps.
+    pub max_topics: usize,
+    /// Minutes a console login lasts without use.
+    pub session_minutes: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 18083)),
+            cert: None,
+            key: None,
+            admin_file: None,
+            max_topics: 10_000,
+            session_minutes: 720,
+        }
+    }
 }
 
 /// When an acknowledged message is on disk.
@@ -207,6 +243,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -338,6 +375,12 @@ impl Config {
                 return bad("path", "must start with /");
             }
         }
+        if self.console.cert.is_some() != self.console.key.is_some() {
+            return bad("cert", "and `key` go together in [console]");
+        }
+        if self.console.session_minutes == 0 {
+            return bad("session_minutes", "must be at least 1");
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad(
                 "log_level",
@@ -355,6 +398,14 @@ impl Config {
     /// The store's folder.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+
+    /// The console's administrators file.
+    pub fn admin_path(&self) -> PathBuf {
+        self.console
+            .admin_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.toml"))
     }
 
     /// The users and permissions file.
@@ -415,7 +466,7 @@ mod tests {
         for key in all {
             let shown = if key == "listener" {
                 "[[listener]]".to_owned()
-            } else if ["limits", "sys", "persistence"].contains(&key.as_str()) {
+            } else if ["limits", "sys", "persistence", "console"].contains(&key.as_str()) {
                 format!("[{key}]")
             } else {
                 format!("`{key}`")

@@ -16,6 +16,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
 use crate::access::FileAccess;
+use crate::metrics::Metrics;
 use crate::now;
 use crate::transport::Transport;
 
@@ -32,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) max_message_rate: u32,
     pub(crate) max_bandwidth: u64,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// What the server counts (refused logins, handling time).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A token bucket per client: messages and bytes per second, a second's worth of burst.
@@ -279,10 +282,12 @@ async fn handle_input(
         match decode(&input[used_total..], conn.version(), conn.max_packet_size()) {
             Ok(Some((packet, used))) => {
                 used_total += used;
+                let mut is_publish = false;
                 let disconnect = match packet {
                     Packet::Disconnect(d) => Some(d.reason),
                     Packet::Publish(_) => {
                         publishes += 1;
+                        is_publish = true;
                         None
                     }
                     Packet::Connect(c) if conn.session().is_none() => {
@@ -294,7 +299,12 @@ async fn handle_input(
                     }
                     _ => None,
                 };
-                if let Err(close) = conn.handle(packet, now(), out) {
+                let started = std::time::Instant::now();
+                let handled = conn.handle(packet, now(), out);
+                if is_publish {
+                    ctx.metrics.publish_handling.observe(started.elapsed());
+                }
+                if let Err(close) = handled {
                     break Err(closed(conn, close, out));
                 }
                 if let Some(reason) = disconnect {
@@ -346,10 +356,15 @@ async fn authenticate(
             .await
             .unwrap_or(Err(ReasonCode::SERVER_UNAVAILABLE))
     };
+    let failed = outcome
+        .as_ref()
+        .is_err_and(|c| *c == ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    if failed {
+        ctx.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    } else if outcome.is_err() {
+        ctx.metrics.connect_refusals.fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(users) = &ctx.users {
-        let failed = outcome
-            .as_ref()
-            .is_err_and(|c| *c == ReasonCode::BAD_USER_NAME_OR_PASSWORD);
         users.record_login(ip, !failed);
     }
     conn.set_authentication(outcome);

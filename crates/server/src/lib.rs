@@ -5,14 +5,18 @@
 //! Owns sockets, files and the clock; the protocol decisions are `tern-broker`'s. Structure
 //! follows a listener / connection-handler split: [`Server::start`] binds and spawns,
 //! `conn.rs` drives one client, `transport.rs` hides how its bytes travel, `access.rs` reads
-//! users and permissions, `tls.rs` certificates, `sys.rs` publishes the broker's own figures.
+//! users and permissions, `tls.rs` certificates, `sys.rs` publishes the broker's own figures,
+//! `console/` serves the web console, admin API and `/metrics` (`metrics.rs`, `topics.rs`).
 
 pub mod access;
 pub mod certs;
 pub mod config;
 mod conn;
+pub mod console;
+pub mod metrics;
 mod sys;
 pub mod tls;
+pub mod topics;
 mod transport;
 
 use std::collections::HashMap;
@@ -44,6 +48,7 @@ pub struct Server {
     /// The broker state, for inspection.
     pub broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     certs: Vec<Arc<ReloadableCert>>,
     users: Option<Arc<FileAccess>>,
     shutdown: watch::Sender<bool>,
@@ -145,17 +150,20 @@ impl Server {
             max_message_rate: limits.max_message_rate,
             max_bandwidth: limits.max_bandwidth,
             shutdown: shutdown.subscribe(),
+            metrics: Arc::new(metrics::Metrics::default()),
         };
         let counts = Arc::new(AddressCounts::default());
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         let mut certs = Vec::new();
+        let mut kinds = Vec::new();
         for l in &config.listeners {
             let listening = prepare(l, config, &mut certs)?;
             let listener = TcpListener::bind(l.address()).await?;
             let addr = listener.local_addr()?;
             info!(%addr, kind = ?l.kind, "listening");
             addrs.push(addr);
+            kinds.push((addr, l.kind));
             tasks.spawn(accept_loop(
                 listener,
                 Arc::new(listening),
@@ -173,6 +181,11 @@ impl Server {
             users.clone(),
             shutdown.subscribe(),
         ));
+        let console_addr = if config.console.enabled {
+            start_console(config, &ctx, users.clone(), kinds, &mut certs, &mut tasks).await?
+        } else {
+            None
+        };
         if config.sys.interval > 0 {
             tasks.spawn(sys::publish_loop(
                 broker.clone(),
@@ -183,6 +196,7 @@ impl Server {
         Ok(Server {
             broker,
             addrs,
+            console_addr,
             certs,
             users,
             shutdown,
@@ -198,6 +212,11 @@ impl Server {
     /// The bound addresses, in the order of the configuration's listeners.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The console's address, when it is served.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// Reads certificates and the users file again (what SIGHUP does). New connections get
@@ -221,6 +240,73 @@ impl Server {
             store.close();
         }
     }
+}
+
+/// Binds the console's port and starts serving it. The default port being taken is not
+/// fatal (the broker runs without a console); a port the configuration names must bind.
+async fn start_console(
+    config: &Config,
+    ctx: &Context,
+    users: Option<Arc<FileAccess>>,
+    listeners: Vec<(SocketAddr, ListenerKind)>,
+    certs: &mut Vec<Arc<ReloadableCert>>,
+    tasks: &mut JoinSet<()>,
+) -> std::io::Result<Option<SocketAddr>> {
+    let c = &config.console;
+    let listener = match TcpListener::bind(c.bind).await {
+        Ok(l) => l,
+        Err(e) if c.bind == config::ConsoleConfig::default().bind => {
+            warn!(addr = %c.bind, error = %e, "console not started: its port is taken (set [console] bind)");
+            return Ok(None);
+        }
+        Err(e) => return Err(startup_error(format!("console on {}: {e}", c.bind))),
+    };
+    let tls = match (&c.cert, &c.key) {
+        (Some(cert), Some(key)) => {
+            let mut l = ListenerConfig::tcp(c.bind);
+            l.kind = ListenerKind::Tls;
+            l.cert = Some(cert.clone());
+            l.key = Some(key.clone());
+            let (acceptor, reloadable) = tls::acceptor(&l).map_err(startup_error)?;
+            certs.push(reloadable);
+            Some(acceptor)
+        }
+        _ => None,
+    };
+    let admin_path = config.admin_path();
+    match console::auth::create_first_admin(&admin_path).map_err(startup_error)? {
+        Some(password) => warn!(
+            file = %admin_path.display(),
+            "console administrator created: name `admin`, password `{password}` (shown only \
+             this once; `tern admin passwd` sets another)"
+        ),
+        None => debug!(file = %admin_path.display(), "console administrators loaded"),
+    }
+    let addr = listener.local_addr()?;
+    let topics = Arc::new(topics::Topics::new(c.max_topics));
+    let observed = topics.clone();
+    ctx.broker
+        .set_observer(Box::new(move |message| observed.observe(message)));
+    let state = Arc::new(console::Console {
+        broker: ctx.broker.clone(),
+        users,
+        admin_path,
+        logins: console::auth::Logins::new(Duration::from_secs(c.session_minutes * 60)),
+        metrics: ctx.metrics.clone(),
+        topics,
+        listeners,
+        store_dir: (config.persistence.mode != PersistenceMode::Off).then(|| config.store_path()),
+        secure: tls.is_some(),
+        history: Mutex::new(std::collections::VecDeque::new()),
+        mqtt: ctx.clone(),
+        loopback: addr.ip().is_loopback(),
+        allow_anonymous: config.allow_anonymous,
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(%addr, "console listening: {scheme}://{addr}/");
+    tasks.spawn(console::sample_loop(state.clone(), ctx.shutdown.clone()));
+    tasks.spawn(console::serve(listener, tls, state, ctx.shutdown.clone()));
+    Ok(Some(addr))
 }
 
 /// Opens the store (unless persistence is off) and reads what it holds.

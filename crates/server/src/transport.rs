@@ -10,12 +10,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
 /// A client's stream.
 pub(crate) enum Transport {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WebSocketStream<TcpStream>>),
     Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
+    /// WebSocket on the console's port, upgraded from its HTTP connection.
+    Upgraded(Box<WebSocketStream<TokioIo<Upgraded>>>),
 }
 
 /// Largest read in one turn, so one busy client cannot starve its task's other duties.
@@ -40,6 +45,7 @@ impl Transport {
             }
             Transport::Ws(ws) => read_ws(ws, input).await,
             Transport::Wss(ws) => read_ws(ws, input).await,
+            Transport::Upgraded(ws) => read_ws(ws, input).await,
         }
     }
 
@@ -59,6 +65,10 @@ impl Transport {
                 .send(Message::binary(data.to_vec()))
                 .await
                 .map_err(io::Error::other),
+            Transport::Upgraded(ws) => ws
+                .send(Message::binary(data.to_vec()))
+                .await
+                .map_err(io::Error::other),
         }
     }
 
@@ -69,6 +79,7 @@ impl Transport {
             Transport::Tls(s) => s.shutdown().await,
             Transport::Ws(ws) => ws.close(None).await.map_err(io::Error::other),
             Transport::Wss(ws) => ws.close(None).await.map_err(io::Error::other),
+            Transport::Upgraded(ws) => ws.close(None).await.map_err(io::Error::other),
         };
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tern_proto::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PublishBuf, QoS, ReasonCode,
@@ -149,10 +149,17 @@ pub(crate) fn handle_connect(
 
     let stats = &conn.broker.stats;
     let connected = stats.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.connects.fetch_add(1, Ordering::Relaxed);
     stats
         .clients_maximum
         .fetch_max(connected, Ordering::Relaxed);
     info!(client_id = %client_id, peer = %conn.origin.peer, %version, clean_start = c.clean_start, keep_alive, "client connected");
+    {
+        let mut state = session.lock();
+        state.peer = Some(Arc::from(conn.origin.peer.as_str()));
+        state.keep_alive = keep_alive;
+        state.connected_since = Some(SystemTime::now());
+    }
     conn.attached = Some(Attached {
         session,
         version,
@@ -305,6 +312,7 @@ fn take_over_or_create_session(
     let mut state = session.lock();
     state.owner = Some(conn.id);
     state.kick = None;
+    state.close_owner = None;
     state.version = version;
     state.expiry_interval = expiry;
     state.disconnected_at = None;

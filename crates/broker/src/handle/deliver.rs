@@ -10,7 +10,7 @@ use tern_proto::{
     Ack, Packet, PacketId, Properties, PropertyContext, Publish, QoS, SubscriptionIds, TopicName,
 };
 
-use crate::broker::Broker;
+use crate::broker::{Broker, DropCause};
 use crate::connection::{send, Attached, Close};
 use crate::message::Message;
 use crate::persist;
@@ -37,6 +37,9 @@ pub(crate) fn flush(
         let mut state = a.session.lock();
         if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
             return Err(Close::new(reason).because("another connection took over the session"));
+        }
+        if let Some(reason) = state.close_owner.take() {
+            return Err(Close::new(reason).because("closed by an administrator"));
         }
         while let Some(next) = state.queue.pop_front() {
             if next.message.is_expired(now) {
@@ -97,10 +100,7 @@ pub(crate) fn flush(
             }
         }
     }
-    broker
-        .stats
-        .messages_dropped
-        .fetch_add(expired, Ordering::Relaxed);
+    broker.stats.drop_messages(DropCause::Expired, expired);
     for (outgoing, id) in &batch {
         write_publish(broker, a, outgoing, *id, false, now, out);
     }
@@ -161,10 +161,7 @@ fn reload(broker: &Broker, a: &mut Attached, window: usize, now: Instant) {
     }
     for seq in missing {
         tracing::error!(client_id = %a.client_id, seq, "a queued message could not be read back from the store; dropped");
-        broker
-            .stats
-            .messages_dropped
-            .fetch_add(1, Ordering::Relaxed);
+        broker.stats.drop_messages(DropCause::Unreadable, 1);
         store.append(&Record::Done {
             client: &a.client_id,
             seq,
@@ -210,11 +207,9 @@ fn write_publish(
     let written = write_publish_raw(a, o, id, dup, o.message.remaining_expiry(now), out);
     if written {
         broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        broker.stats.sent_by_qos[o.qos as usize].fetch_add(1, Ordering::Relaxed);
     } else {
-        broker
-            .stats
-            .messages_dropped
-            .fetch_add(1, Ordering::Relaxed);
+        broker.stats.drop_messages(DropCause::TooLarge, 1);
         if let Some(id) = id {
             a.session.lock().inflight.remove(&id.get());
             if let (Some(store), true) = (broker.store(), o.seq != 0 && a.session.is_persistent()) {

@@ -25,6 +25,7 @@ pub(crate) fn handle_publish(
         .stats
         .messages_received
         .fetch_add(1, Ordering::Relaxed);
+    broker.stats.received_by_qos[p.qos as usize].fetch_add(1, Ordering::Relaxed);
     check_allowed(broker, &p)?;
     let topic = resolve_topic(broker, a, &p)?;
     if !super::subscribe::within_topic_limits(broker, &topic) {

@@ -57,6 +57,10 @@ impl TestBroker {
         if !toml.contains("[persistence]") {
             config.persistence.mode = tern_server::config::PersistenceMode::Off;
         }
+        // The console is tested through its HTTP port by the interop tests; here it stays off
+        // unless a test asks with a `[console]` table.
+        config.console.enabled = toml.contains("[console]");
+        config.console.bind.set_port(0);
         let server = Server::start(&config).await.unwrap();
         let addr = server.local_addrs()[0];
         TestBroker {
