@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TERN = Path(os.environ.get("TERN_BIN", ROOT / "target" / "debug" / "tern"))
 LISTENING = re.compile(r"listening addr=127\.0\.0\.1:(\d+) kind=Tcp")
 LISTENERS = re.compile(r"listening addr=127\.0\.0\.1:(\d+) kind=(\w+)")
+CONSOLE = re.compile(r"console listening: (http\S+?)/? ")
+ADMIN_PASSWORD = re.compile(r"password `([^`]+)`")
 
 
 class Broker:
@@ -27,6 +29,8 @@ class Broker:
         self.proc = None
         self.config = config
         self.ports = {}
+        self.console_port = 0
+        self.console_url = None
         self.log_path = tmp_path / "broker.log"
         self.data_dir = tmp_path / "data"
         # Runs in the broker's process before it starts (e.g. to set a resource limit).
@@ -39,6 +43,9 @@ class Broker:
             args = ["--config", str(self.config)]
         else:
             args = ["--listen", f"127.0.0.1:{self.port}"]
+        # The console on a free port of its own (never the default one, which another broker
+        # on this machine may hold).
+        args += ["--console", f"127.0.0.1:{self.console_port}"]
         self.proc = subprocess.Popen(
             [str(TERN), "broker", *args, "--data-dir", str(self.data_dir), "--log-level", "debug"],
             stdout=log,
@@ -48,9 +55,13 @@ class Broker:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             m = LISTENING.search(self.log_path.read_text())
-            if m and (self.port == 0 or int(m.group(1)) == self.port) and self._listening_count() > self._starts:
+            consoles = CONSOLE.findall(self.log_path.read_text())
+            if m and (self.port == 0 or int(m.group(1)) == self.port) and self._listening_count() > self._starts \
+                    and len(consoles) > self._starts:
                 self.port = int(m.group(1))
                 self._starts += 1
+                self.console_url = consoles[-1]
+                self.console_port = int(self.console_url.rsplit(":", 1)[1])
                 if self.config:
                     time.sleep(0.2)  # every listener logs within the same start-up
                     self.ports = {k.lower(): int(p) for p, k in LISTENERS.findall(self.log_path.read_text())}
@@ -78,6 +89,12 @@ class Broker:
 
     def log(self):
         return self.log_path.read_text()
+
+    def admin_password(self):
+        """The console password the broker printed when it created its administrator."""
+        m = ADMIN_PASSWORD.search(self.log())
+        assert m, "the broker did not print a console password"
+        return m.group(1)
 
 
 @pytest.fixture
