@@ -167,10 +167,7 @@ pub(super) async fn call(
         },
         ("GET", "/api/v1/sessions/{client_id}") => match console.broker.session(first) {
             Some(s) => Ok(session_detail(&s)),
-            None => Err(fail(
-                StatusCode::NOT_FOUND,
-                format!("no session {first:?}"),
-            )),
+            None => Err(fail(StatusCode::NOT_FOUND, format!("no session {first:?}"))),
         },
         ("DELETE", "/api/v1/clients/{client_id}") => {
             match console.broker.disconnect_client(first) {
@@ -189,10 +186,7 @@ pub(super) async fn call(
                 tracing::info!(client_id = %first, "session deleted from the console");
                 return no_content();
             }
-            Removal::NotFound => Err(fail(
-                StatusCode::NOT_FOUND,
-                format!("no session {first:?}"),
-            )),
+            Removal::NotFound => Err(fail(StatusCode::NOT_FOUND, format!("no session {first:?}"))),
         },
         ("GET", "/api/v1/subscriptions") => subscriptions(console, query),
         ("GET", "/api/v1/retained") => retained(console, query),
@@ -274,11 +268,7 @@ fn overview(console: &Console) -> Value {
 
 /// Connected clients (`connected_only`) or all sessions, filtered by `q` (part of the
 /// client id), `user`, and for sessions `connected` (true/false).
-fn clients(
-    console: &Console,
-    query: &Query,
-    connected_only: bool,
-) -> Result<Value, ApiError> {
+fn clients(console: &Console, query: &Query, connected_only: bool) -> Result<Value, ApiError> {
     let (offset, limit) = paging(query)?;
     let q = param(query, "q");
     let user = param(query, "user");

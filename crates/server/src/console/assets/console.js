@@ -57,7 +57,7 @@ const pages = {
   clients: { show: refreshClients, every: 2000 },
   access: { show: refreshUsers, every: 0 },
   topics: { show: refreshTopics, every: 2000 },
-  webclient: { show: () => {}, every: 0 },
+  webclient: { show: async () => {}, every: 0 },
 };
 
 function showLogin() {
@@ -187,7 +187,7 @@ async function showClient() {
   box.hidden = false;
   box.replaceChildren(
     el("h2", {}, `Client ${c.client_id}`),
-    el("p", {}, `${c.protocol} from ${c.peer}, user ${c.username || "(anonymous)"}, keep alive ${c.keep_alive} s, ` +
+    el("p", {}, `MQTT ${c.protocol} from ${c.peer}, user ${c.username || "(anonymous)"}, keep alive ${c.keep_alive} s, ` +
       `${c.persistent ? "persistent" : "clean"} session, ${c.queued} queued, ${c.inflight} in flight, ${c.dropped} dropped`),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Subscription"), el("th", {}, "QoS"), el("th", {}, "Options"))),
       el("tbody", {}, ...c.subscription_list.map((s) => el("tr", {}, el("td", {}, s.filter), el("td", {}, String(s.qos)),
@@ -226,7 +226,6 @@ function resetUserForm() {
   editing = null;
   $("user-form-title").textContent = "Add a user";
   $("user-save").textContent = "Create user";
-  $("user-cancel").hidden = true;
   $("user-name").disabled = false;
   $("user-name").value = "";
   $("user-password").value = "";
@@ -263,7 +262,6 @@ function editUser(u) {
   editing = u.name;
   $("user-form-title").textContent = `Edit ${u.name}`;
   $("user-save").textContent = "Save";
-  $("user-cancel").hidden = false;
   $("user-name").value = u.name;
   $("user-name").disabled = true;
   $("user-password").value = "";
