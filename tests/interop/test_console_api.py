@@ -3,7 +3,9 @@ clients (paho-mqtt) on the other side: every endpoint needs a login, refuses bad
 clear message, and changes take effect on connected clients at once. MQTT behaviour checked
 here cites its statement."""
 
+import http.client
 import http.cookiejar
+import ssl
 import json
 import threading
 import time
@@ -15,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import Broker, wait_for
+from conftest import Broker, tern, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = json.loads((ROOT / "docs" / "openapi.json").read_text())
@@ -304,6 +306,9 @@ def test_users_and_permissions_apply_live(console):
     assert status == 201
     status, users, _ = api.call("GET", "/api/v1/users")
     assert [u["name"] for u in users["items"]] == ["board1", "viewer"]
+    status, one, _ = api.call("GET", "/api/v1/users/viewer")
+    assert status == 200 and one == {"name": "viewer", "rules": [{"allow": "subscribe", "topic": "sensors/#"}]}
+    assert api.call("GET", "/api/v1/users/nobody")[0] == 404
     assert "password" not in json.dumps(users)
 
     # Wrong password, and anonymous now that users exist.
@@ -394,3 +399,49 @@ def test_mqtt_over_websocket_on_the_console_port(console):
     assert page["total"] == 1
     stop(c)
     stop(sub)
+
+
+def test_websocket_from_another_site_is_refused(console):
+    """A page on another site cannot open MQTT on the console port through a visitor's
+    browser: the upgrade is refused when Origin names another host."""
+    b, _ = console
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    for origin, expected in (("http://evil.example", 403), (f"http://127.0.0.1:{b.console_port}", 101)):
+        conn = http.client.HTTPConnection("127.0.0.1", b.console_port, timeout=10)
+        conn.request("GET", "/mqtt", headers={
+            "Host": f"127.0.0.1:{b.console_port}", "Origin": origin, "Upgrade": "websocket",
+            "Connection": "Upgrade", "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Protocol": "mqtt"})
+        r = conn.getresponse()
+        assert r.status == expected, (origin, r.status)
+        if expected == 101:
+            # RFC 6455 section 1.3's example key and answer.
+            assert r.headers["Sec-WebSocket-Accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+            assert r.headers["Sec-WebSocket-Protocol"] == "mqtt"
+        conn.close()
+
+
+def test_console_over_https_marks_the_cookie_secure(tmp_path):
+    certs = tmp_path / "certs"
+    tern("cert", "localhost", "127.0.0.1", "--dir", str(certs))
+    config = tmp_path / "tern.toml"
+    config.write_text(f"""
+[[listener]]
+bind = "127.0.0.1:0"
+
+[console]
+cert = "{certs}/server.pem"
+key = "{certs}/server.key"
+""")
+    b = Broker(tmp_path, config=config).start()
+    try:
+        assert b.console_url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        api = Api(b.console_url.replace("127.0.0.1", "localhost"))
+        api.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(api.jar),
+                                                 urllib.request.HTTPSHandler(context=ctx))
+        headers = api.login(b.admin_password())
+        assert "Secure" in headers["Set-Cookie"]
+        assert api.call("GET", "/api/v1/overview")[0] == 200
+    finally:
+        b.stop()

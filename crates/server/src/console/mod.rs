@@ -306,6 +306,14 @@ async fn dispatch(
                 include_str!("assets/console.css"),
             )
         }
+        // A page on another site may not open MQTT here with the visitor's loopback address
+        // (anonymous clients are let in on loopback while no user exists).
+        ("GET", "/mqtt") if !same_origin(&request) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "cross-origin WebSocket refused (the Origin header does not match Host)",
+            )
+        }
         ("GET", "/mqtt") => return websocket(request, peer, upgrades),
         ("GET", "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(
