@@ -250,7 +250,7 @@ enum Request {
     },
     Subscribe {
         filter: String,
-        qos: QoS,
+        options: SubscriptionOptions,
         done: oneshot::Sender<Result<Vec<ReasonCode>, ClientError>>,
     },
     Unsubscribe {
@@ -317,10 +317,25 @@ impl Client {
     /// Subscribes to one filter; returns the broker's code (granted QoS or failure). The
     /// subscription is renewed after every reconnect.
     pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, ClientError> {
+        self.subscribe_with(filter, SubscriptionOptions::new(qos))
+            .await
+    }
+
+    /// Subscribes with MQTT 5 subscription options (No Local, Retain As Published, Retain
+    /// Handling; a 3.1.1 broker gets the QoS alone).
+    pub async fn subscribe_with(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Result<ReasonCode, ClientError> {
         TopicFilter::new(filter).map_err(|e| ClientError::Protocol(Error::Decode(e)))?;
         let filter = filter.to_owned();
         let codes = self
-            .request(|done| Request::Subscribe { filter, qos, done })
+            .request(|done| Request::Subscribe {
+                filter,
+                options,
+                done,
+            })
             .await??;
         codes
             .first()
@@ -577,7 +592,7 @@ struct Pending {
     subscribes: HashMap<u16, oneshot::Sender<Result<Vec<ReasonCode>, ClientError>>>,
     unsubscribes: HashMap<u16, oneshot::Sender<Result<(), ClientError>>>,
     /// Every subscription, to renew after a reconnect.
-    subscriptions: Vec<(String, QoS)>,
+    subscriptions: Vec<(String, SubscriptionOptions)>,
 }
 
 async fn run(
@@ -691,12 +706,9 @@ async fn resume(
         }
     }
     let subscriptions = pending.subscriptions.clone();
-    for (filter, qos) in subscriptions {
+    for (filter, options) in subscriptions {
         let f = TopicFilter::new(&filter).map_err(|e| ClientError::Protocol(Error::Decode(e)))?;
-        let subs = [Subscription {
-            filter: f,
-            options: SubscriptionOptions::new(qos),
-        }];
+        let subs = [Subscription { filter: f, options }];
         let (n, _) = conn.protocol.subscribe(&subs, now, &mut buf)?;
         out.extend_from_slice(&buf[..n]);
     }
@@ -835,20 +847,21 @@ async fn serve(
                         &mut out,
                     );
                 }
-                Request::Subscribe { filter, qos, done } => {
+                Request::Subscribe {
+                    filter,
+                    options,
+                    done,
+                } => {
                     let Ok(f) = TopicFilter::new(&filter) else {
                         continue;
                     };
-                    let subs = [Subscription {
-                        filter: f,
-                        options: SubscriptionOptions::new(qos),
-                    }];
+                    let subs = [Subscription { filter: f, options }];
                     match conn.protocol.subscribe(&subs, now, &mut buf) {
                         Ok((n, id)) => {
                             out.extend_from_slice(&buf[..n]);
                             pending.subscribes.insert(id.get(), done);
                             pending.subscriptions.retain(|(f, _)| *f != filter);
-                            pending.subscriptions.push((filter, qos));
+                            pending.subscriptions.push((filter, options));
                         }
                         Err(e) => {
                             let _ = done.send(Err(e.into()));

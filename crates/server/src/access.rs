@@ -423,6 +423,12 @@ impl FileAccess {
     }
 }
 
+/// The broker's own bridges act as `$bridge:<name>`, a name no client can authenticate as
+/// (names starting with `$` are refused); what they forward is the configuration's choice.
+fn is_bridge(username: Option<&str>) -> bool {
+    username.is_some_and(|u| u.starts_with("$bridge:"))
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -431,6 +437,10 @@ impl AccessControl for FileAccess {
     fn authenticate(&self, c: &Credentials) -> Result<Identity, ReasonCode> {
         let file = self.file();
         let has_users = !file.users.is_empty();
+        if let Some(name) = c.certificate_name.as_ref().filter(|n| n.starts_with('$')) {
+            tracing::info!(name = %name, "certificate name starting with $ refused");
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
         if let Some(name) = &c.certificate_name {
             // The certificate vouches for the name; with users, it must be one of them.
             return if !has_users || file.user(name).is_some() {
@@ -442,6 +452,8 @@ impl AccessControl for FileAccess {
             };
         }
         match &c.username {
+            // Names starting with `$` are the broker's own (its bridges act as `$bridge:...`).
+            Some(name) if name.starts_with('$') => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
             Some(name) if has_users => {
                 let password = c.password.as_deref().unwrap_or_default();
                 let hash = file
@@ -470,18 +482,24 @@ impl AccessControl for FileAccess {
     }
 
     fn may_publish(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        self.file()
-            .decide(client_id, username, Action::Publish, topic, Test::Matches)
+        is_bridge(username)
+            || self
+                .file()
+                .decide(client_id, username, Action::Publish, topic, Test::Matches)
     }
 
     fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
-        self.file()
-            .decide(client_id, username, Action::Subscribe, filter, Test::Covers)
+        is_bridge(username)
+            || self
+                .file()
+                .decide(client_id, username, Action::Subscribe, filter, Test::Covers)
     }
 
     fn may_receive(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        self.file()
-            .decide(client_id, username, Action::Subscribe, topic, Test::Matches)
+        is_bridge(username)
+            || self
+                .file()
+                .decide(client_id, username, Action::Subscribe, topic, Test::Matches)
     }
 }
 

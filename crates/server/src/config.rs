@@ -32,6 +32,83 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The web console, admin API and `/metrics`.
     pub console: ConsoleConfig,
+    /// Connections to other brokers that topics are forwarded over.
+    #[serde(rename = "bridge", skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// `[[bridge]]`: a connection to another broker and the topics forwarded over it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// A name for logs, metrics and the console (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The remote broker: `mqtt://host:port`, `mqtts://`, `ws://host:port/path` or `wss://`.
+    pub url: String,
+    /// User name at the remote broker.
+    pub username: Option<String>,
+    /// Password at the remote broker.
+    pub password: Option<String>,
+    /// PEM CA certificates to trust for the remote (default: the usual web roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client identifier at the remote; default `tern-bridge-<name>`.
+    pub client_id: Option<String>,
+    /// MQTT version spoken to the remote: 5 (default) or 4 (3.1.1).
+    #[serde(default = "default_bridge_protocol")]
+    pub protocol: u8,
+    /// Keep alive toward the remote, in seconds.
+    #[serde(default = "default_bridge_keep_alive")]
+    pub keep_alive: u16,
+    /// The topics forwarded.
+    #[serde(rename = "topic")]
+    pub topics: Vec<BridgeTopic>,
+}
+
+fn default_bridge_protocol() -> u8 {
+    5
+}
+
+fn default_bridge_keep_alive() -> u16 {
+    60
+}
+
+/// Which way a bridge topic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeDirection {
+    /// From this broker to the remote.
+    Out,
+    /// From the remote to this broker.
+    In,
+    /// Both ways.
+    Both,
+}
+
+/// `[[bridge.topic]]`: one forwarded pattern.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTopic {
+    /// `out`, `in` or `both`.
+    pub direction: BridgeDirection,
+    /// The topic filter on this broker, e.g. `home/#`.
+    pub local: String,
+    /// The same filter on the remote; its levels before the first wildcard replace those of
+    /// `local` (`home/#` -> `site1/home/#`). Default: the same as `local`.
+    pub remote: Option<String>,
+    /// Highest QoS used for forwarded messages (0, 1 or 2).
+    #[serde(default = "default_bridge_qos")]
+    pub qos: u8,
+    /// Whether forwarded messages keep their RETAIN flag.
+    #[serde(default = "default_true")]
+    pub retain: bool,
+}
+
+fn default_bridge_qos() -> u8 {
+    1
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[console]`: the web console, the admin API and `/metrics`, on one HTTP port.
@@ -244,6 +321,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
             console: ConsoleConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -380,6 +458,21 @@ impl Config {
         }
         if self.console.session_minutes == 0 {
             return bad("session_minutes", "must be at least 1");
+        }
+        for bridge in &self.bridges {
+            if let Err(why) = crate::bridge::check(bridge) {
+                let line = text
+                    .lines()
+                    .position(|l| {
+                        l.trim_start().starts_with("name")
+                            && l.contains(&format!("\"{}\"", bridge.name))
+                    })
+                    .map_or(String::new(), |n| format!("line {}: ", n + 1));
+                return Err(ConfigError(format!(
+                    "{line}bridge {:?}: {why}",
+                    bridge.name
+                )));
+            }
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad(

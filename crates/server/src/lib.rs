@@ -9,6 +9,7 @@
 //! `console/` serves the web console, admin API and `/metrics` (`metrics.rs`, `topics.rs`).
 
 pub mod access;
+pub mod bridge;
 pub mod certs;
 pub mod config;
 mod conn;
@@ -49,6 +50,7 @@ pub struct Server {
     pub broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
     console_addr: Option<SocketAddr>,
+    bridges: Vec<Arc<bridge::BridgeStatus>>,
     certs: Vec<Arc<ReloadableCert>>,
     users: Option<Arc<FileAccess>>,
     shutdown: watch::Sender<bool>,
@@ -173,6 +175,17 @@ impl Server {
             ));
         }
         tasks.spawn(expiry_loop(broker.clone(), shutdown.subscribe()));
+        let bridges: Vec<Arc<bridge::BridgeStatus>> =
+            config.bridges.iter().map(bridge::status).collect();
+        for (b, status) in config.bridges.iter().zip(&bridges) {
+            info!(bridge = %b.name, remote = %status.remote, "bridge starting");
+            tasks.spawn(bridge::run(
+                broker.clone(),
+                b.clone(),
+                status.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         for will in wills {
             tasks.spawn(conn::publish_will_later(broker.clone(), will));
         }
@@ -182,13 +195,23 @@ impl Server {
             shutdown.subscribe(),
         ));
         let console_addr = if config.console.enabled {
-            start_console(config, &ctx, users.clone(), kinds, &mut certs, &mut tasks).await?
+            start_console(
+                config,
+                &ctx,
+                users.clone(),
+                kinds,
+                bridges.clone(),
+                &mut certs,
+                &mut tasks,
+            )
+            .await?
         } else {
             None
         };
         if config.sys.interval > 0 {
             tasks.spawn(sys::publish_loop(
                 broker.clone(),
+                bridges.clone(),
                 Duration::from_secs(config.sys.interval),
                 shutdown.subscribe(),
             ));
@@ -197,6 +220,7 @@ impl Server {
             broker,
             addrs,
             console_addr,
+            bridges,
             certs,
             users,
             shutdown,
@@ -206,7 +230,12 @@ impl Server {
 
     /// Publishes the `$SYS` figures now, as the periodic task does.
     pub fn publish_sys(&self) {
-        sys::publish_all(&self.broker);
+        sys::publish_all(&self.broker, &self.bridges);
+    }
+
+    /// The bridges' figures.
+    pub fn bridges(&self) -> &[Arc<bridge::BridgeStatus>] {
+        &self.bridges
     }
 
     /// The bound addresses, in the order of the configuration's listeners.
@@ -249,6 +278,7 @@ async fn start_console(
     ctx: &Context,
     users: Option<Arc<FileAccess>>,
     listeners: Vec<(SocketAddr, ListenerKind)>,
+    bridges: Vec<Arc<bridge::BridgeStatus>>,
     certs: &mut Vec<Arc<ReloadableCert>>,
     tasks: &mut JoinSet<()>,
 ) -> std::io::Result<Option<SocketAddr>> {
@@ -295,6 +325,7 @@ async fn start_console(
         metrics: ctx.metrics.clone(),
         topics,
         listeners,
+        bridges,
         store_dir: (config.persistence.mode != PersistenceMode::Off).then(|| config.store_path()),
         secure: tls.is_some(),
         history: Mutex::new(std::collections::VecDeque::new()),

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tern_broker::{Broker, DropCause};
 
+use crate::bridge::BridgeStatus;
+
 use crate::now;
 
 /// Upper bounds of the handling-time histogram's buckets, in seconds.
@@ -103,7 +105,12 @@ pub(crate) fn dir_size(dir: &PathBuf) -> u64 {
 }
 
 /// Everything, in the Prometheus text format.
-pub(crate) fn render(broker: &Broker, metrics: &Metrics, store_dir: Option<&PathBuf>) -> String {
+pub(crate) fn render(
+    broker: &Broker,
+    metrics: &Metrics,
+    store_dir: Option<&PathBuf>,
+    bridges: &[std::sync::Arc<BridgeStatus>],
+) -> String {
     let s = &broker.stats;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
@@ -318,6 +325,71 @@ pub(crate) fn render(broker: &Broker, metrics: &Metrics, store_dir: Option<&Path
         "",
         load(&metrics.console_login_failures),
     );
+    if !bridges.is_empty() {
+        family(
+            &mut out,
+            "tern_bridge_connected",
+            "gauge",
+            "1 while the bridge is connected to its remote.",
+        );
+        for b in bridges {
+            let label = format!("bridge=\"{}\"", b.name);
+            sample(
+                &mut out,
+                "tern_bridge_connected",
+                &label,
+                u8::from(b.connected.load(Ordering::Relaxed)),
+            );
+        }
+        family(
+            &mut out,
+            "tern_bridge_messages_total",
+            "counter",
+            "Messages forwarded by bridges, by direction (out: to the remote).",
+        );
+        for b in bridges {
+            sample(
+                &mut out,
+                "tern_bridge_messages_total",
+                &format!("bridge=\"{}\",direction=\"out\"", b.name),
+                load(&b.forwarded_out),
+            );
+            sample(
+                &mut out,
+                "tern_bridge_messages_total",
+                &format!("bridge=\"{}\",direction=\"in\"", b.name),
+                load(&b.forwarded_in),
+            );
+        }
+        family(
+            &mut out,
+            "tern_bridge_queued_messages",
+            "gauge",
+            "Messages waiting for the bridge's remote.",
+        );
+        for b in bridges {
+            sample(
+                &mut out,
+                "tern_bridge_queued_messages",
+                &format!("bridge=\"{}\"", b.name),
+                b.queued(broker),
+            );
+        }
+        family(
+            &mut out,
+            "tern_bridge_errors_total",
+            "counter",
+            "Bridge connection failures and refused messages.",
+        );
+        for b in bridges {
+            sample(
+                &mut out,
+                "tern_bridge_errors_total",
+                &format!("bridge=\"{}\"", b.name),
+                load(&b.errors),
+            );
+        }
+    }
     metrics.publish_handling.render(
         &mut out,
         "tern_publish_handling_seconds",

@@ -9,24 +9,54 @@ use tern_broker::{Broker, Message};
 use tern_proto::{PropertiesBuf, QoS};
 use tokio::sync::watch;
 
+use crate::bridge::BridgeStatus;
 use crate::now;
 
 pub(crate) async fn publish_loop(
     broker: Arc<Broker>,
+    bridges: Vec<Arc<BridgeStatus>>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = tick.tick() => publish_all(&broker),
+            _ = tick.tick() => publish_all(&broker, &bridges),
             _ = shutdown.changed() => return,
         }
     }
 }
 
-/// Publishes every `$SYS` figure once.
-pub(crate) fn publish_all(broker: &Broker) {
+/// Publishes every `$SYS` figure once: the broker's, and each bridge's state under Mosquitto's
+/// name (`$SYS/broker/connection/<name>/state`, 1 or 0) with tern's counts beside it.
+pub(crate) fn publish_all(broker: &Broker, bridges: &[Arc<BridgeStatus>]) {
+    for b in bridges {
+        let figures = [
+            (
+                format!("connection/{}/state", b.name),
+                u8::from(b.connected.load(Ordering::Relaxed)).to_string(),
+            ),
+            (
+                format!("bridges/{}/queued", b.name),
+                b.queued(broker).to_string(),
+            ),
+            (
+                format!("bridges/{}/forwarded/out", b.name),
+                b.forwarded_out.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                format!("bridges/{}/forwarded/in", b.name),
+                b.forwarded_in.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                format!("bridges/{}/errors", b.name),
+                b.errors.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        for (name, value) in figures {
+            publish(broker, &name, value);
+        }
+    }
     let s = &broker.stats;
     let connected = s.clients_connected.load(Ordering::Relaxed);
     let total = broker.session_count();
@@ -79,16 +109,20 @@ pub(crate) fn publish_all(broker: &Broker) {
         ),
     ];
     for (name, value) in figures {
-        broker.route(Arc::new(Message {
-            topic: Arc::from(format!("$SYS/broker/{name}")),
-            payload: value.into_bytes(),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: PropertiesBuf::default(),
-            publisher: Arc::from("$SYS"),
-            stored: Default::default(),
-            encoded: Default::default(),
-            expires_at: None,
-        }));
+        publish(broker, name, value);
     }
+}
+
+fn publish(broker: &Broker, name: &str, value: String) {
+    broker.route(Arc::new(Message {
+        topic: Arc::from(format!("$SYS/broker/{name}")),
+        payload: value.into_bytes(),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: PropertiesBuf::default(),
+        publisher: Arc::from("$SYS"),
+        stored: Default::default(),
+        encoded: Default::default(),
+        expires_at: None,
+    }));
 }

@@ -78,6 +78,19 @@ pub(crate) fn handle_connect(
         }
         Err(code) => return refuse(out, code, "not authorized to connect"),
     };
+    // `$bridge/...` sessions belong to the broker's own bridges (which act as `$bridge:...`,
+    // a name no client can authenticate as): nobody else may take them over.
+    let bridge = identity
+        .username
+        .as_deref()
+        .is_some_and(|u| u.starts_with("$bridge:"));
+    if client_id.starts_with("$bridge/") && !bridge {
+        return refuse(
+            out,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifiers starting with $bridge/ are the broker's own",
+        );
+    }
     if let Some(w) = &c.will {
         if !conn.broker.access.may_publish(
             &client_id,

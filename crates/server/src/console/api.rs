@@ -262,6 +262,16 @@ fn overview(console: &Console) -> Value {
             "bytes": crate::metrics::dir_size(dir),
             "failing": broker.store().is_some_and(|st| st.is_failing()),
         })),
+        "bridges": console.bridges.iter().map(|b| json!({
+            "name": b.name,
+            "remote": b.remote,
+            "connected": b.connected.load(Ordering::Relaxed),
+            "queued": b.queued(broker),
+            "forwarded_out": b.forwarded_out.load(Ordering::Relaxed),
+            "forwarded_in": b.forwarded_in.load(Ordering::Relaxed),
+            "errors": b.errors.load(Ordering::Relaxed),
+            "last_error": b.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })).collect::<Vec<Value>>(),
         "rates": rates,
     })
 }

@@ -94,6 +94,7 @@ pub(crate) struct Console {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) topics: Arc<Topics>,
     pub(crate) listeners: Vec<(SocketAddr, ListenerKind)>,
+    pub(crate) bridges: Vec<Arc<crate::bridge::BridgeStatus>>,
     pub(crate) store_dir: Option<PathBuf>,
     /// Served over HTTPS: the cookie is marked Secure.
     pub(crate) secure: bool,
@@ -320,6 +321,7 @@ async fn dispatch(
                 &console.broker,
                 &console.metrics,
                 console.store_dir.as_ref(),
+                &console.bridges,
             ))));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -133,6 +133,12 @@ async function refreshOverview() {
   $("ov-store").textContent = o.store ? fmtBytes(o.store.bytes) + (o.store.failing ? " (cannot write!)" : "") : "off";
   $("ov-version").textContent = o.version;
   $("ov-listeners").replaceChildren(...o.listeners.map((l) => el("tr", {}, el("td", {}, l.address), el("td", {}, l.kind))));
+  $("ov-bridges-card").hidden = o.bridges.length === 0;
+  $("ov-bridges").replaceChildren(...o.bridges.map((b) => el("tr", { "data-bridge": b.name },
+    el("td", {}, b.name), el("td", {}, b.remote),
+    el("td", {}, el("span", { class: b.connected ? "badge on" : "badge" }, b.connected ? "connected" : "disconnected")),
+    el("td", {}, String(b.queued)), el("td", {}, String(b.forwarded_out)), el("td", {}, String(b.forwarded_in)),
+    el("td", {}, String(b.errors)), el("td", {}, b.last_error || ""))));
   drawChart($("ov-chart"), o.rates);
 }
 
