@@ -32,9 +32,68 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     /// The web console, admin API and `/metrics`.
     pub console: ConsoleConfig,
+    /// Certificates obtained automatically.
+    pub tls: TlsConfig,
     /// Connections to other brokers that topics are forwarded over.
     #[serde(rename = "bridge", skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
+}
+
+/// `[tls]`: certificates for every TLS listener that names none.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Obtain and renew the certificate from an ACME server (Let's Encrypt by default).
+    pub acme: Option<AcmeConfig>,
+}
+
+/// How the ACME server checks that the broker answers for its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737) on the TLS listeners' port (443 for public ACME servers).
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// HTTP-01 on `http_bind` (port 80 for public ACME servers).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The names the certificate is for.
+    pub domains: Vec<String>,
+    /// A contact e-mail address for the ACME account (expiry warnings).
+    pub contact: Option<String>,
+    /// The ACME server's directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// PEM CA certificates to trust for the ACME server itself (a test server); default: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `tls-alpn-01` or `http-01`.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Where HTTP-01 is answered.
+    #[serde(default = "default_acme_http_bind")]
+    pub http_bind: SocketAddr,
+    /// Longest wait between two looks at the certificate, in seconds.
+    #[serde(default = "default_acme_check")]
+    pub check_interval_secs: u64,
+}
+
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+
+fn default_acme_http_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 80))
+}
+
+fn default_acme_check() -> u64 {
+    12 * 3600
 }
 
 /// `[[bridge]]`: a connection to another broker and the topics forwarded over it.
@@ -321,6 +380,7 @@ impl Default for Config {
             sys: SysConfig::default(),
             persistence: PersistenceConfig::default(),
             console: ConsoleConfig::default(),
+            tls: TlsConfig::default(),
             bridges: Vec::new(),
         }
     }
@@ -443,14 +503,29 @@ impl Config {
             return bad("connect_timeout", "must be at least 1 second");
         }
         for listener in &self.listeners {
-            if listener.kind.is_tls() && (listener.cert.is_none() || listener.key.is_none()) {
-                return bad("kind", "a tls or wss listener needs `cert` and `key` files");
+            let acme = self.tls.acme.is_some();
+            if listener.kind.is_tls() && listener.cert.is_none() != listener.key.is_none() {
+                return bad("cert", "and `key` go together");
+            }
+            if listener.kind.is_tls() && listener.cert.is_none() && !acme {
+                return bad(
+                    "kind",
+                    "a tls or wss listener needs `cert` and `key` files, or [tls.acme]",
+                );
             }
             if listener.require_client_cert && listener.client_ca.is_none() {
                 return bad("require_client_cert", "needs `client_ca`");
             }
             if !listener.path.starts_with('/') {
                 return bad("path", "must start with /");
+            }
+        }
+        if let Some(acme) = &self.tls.acme {
+            if acme.domains.is_empty() {
+                return bad("domains", "needs at least one name");
+            }
+            if acme.check_interval_secs == 0 {
+                return bad("check_interval_secs", "must be at least 1");
             }
         }
         if self.console.cert.is_some() != self.console.key.is_some() {
@@ -491,6 +566,11 @@ impl Config {
     /// The store's folder.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+
+    /// Where ACME keeps its account and certificate.
+    pub fn acme_dir(&self) -> PathBuf {
+        self.data_dir.join("acme")
     }
 
     /// The console's administrators file.
@@ -559,7 +639,7 @@ mod tests {
         for key in all {
             let shown = if key == "listener" {
                 "[[listener]]".to_owned()
-            } else if ["limits", "sys", "persistence", "console"].contains(&key.as_str()) {
+            } else if ["limits", "sys", "persistence", "console", "tls"].contains(&key.as_str()) {
                 format!("[{key}]")
             } else {
                 format!("`{key}`")

@@ -9,6 +9,7 @@
 //! `console/` serves the web console, admin API and `/metrics` (`metrics.rs`, `topics.rs`).
 
 pub mod access;
+mod acme;
 pub mod bridge;
 pub mod certs;
 pub mod config;
@@ -68,7 +69,7 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// A listener, ready to accept.
 struct Listening {
     kind: ListenerKind,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     path: String,
     loopback: bool,
     allow_anonymous: Option<bool>,
@@ -159,8 +160,15 @@ impl Server {
         let mut addrs = Vec::new();
         let mut certs = Vec::new();
         let mut kinds = Vec::new();
+        let mut acme_setup = AcmeSetup {
+            certs: Vec::new(),
+            challenges: Arc::new(acme::Challenges::default()),
+        };
+        if let Some(a) = &config.tls.acme {
+            acme::prepare(&config.acme_dir(), a).map_err(startup_error)?;
+        }
         for l in &config.listeners {
-            let listening = prepare(l, config, &mut certs)?;
+            let listening = prepare(l, config, &mut certs, &mut acme_setup)?;
             let listener = TcpListener::bind(l.address()).await?;
             let addr = listener.local_addr()?;
             info!(%addr, kind = ?l.kind, "listening");
@@ -175,6 +183,27 @@ impl Server {
             ));
         }
         tasks.spawn(expiry_loop(broker.clone(), shutdown.subscribe()));
+        if let Some(a) = &config.tls.acme {
+            if a.challenge == config::AcmeChallenge::Http01 {
+                let listener = TcpListener::bind(a.http_bind)
+                    .await
+                    .map_err(|e| startup_error(format!("ACME HTTP-01 on {}: {e}", a.http_bind)))?;
+                info!(addr = %listener.local_addr()?, "answering ACME HTTP-01 challenges");
+                tasks.spawn(acme::serve_http01(
+                    listener,
+                    acme_setup.challenges.clone(),
+                    shutdown.subscribe(),
+                ));
+            }
+            info!(domains = ?a.domains, directory = %a.directory, challenge = ?a.challenge, "ACME certificates");
+            tasks.spawn(acme::run(
+                a.clone(),
+                config.acme_dir(),
+                acme_setup.certs,
+                acme_setup.challenges,
+                shutdown.subscribe(),
+            ));
+        }
         let bridges: Vec<Arc<bridge::BridgeStatus>> =
             config.bridges.iter().map(bridge::status).collect();
         for (b, status) in config.bridges.iter().zip(&bridges) {
@@ -364,15 +393,73 @@ fn open_store(config: &Config) -> std::io::Result<(Option<Arc<Store>>, Option<Re
     Ok((Some(Arc::new(store)), Some(recovered)))
 }
 
+/// A listener's TLS: its acceptor, and the ACME challenges it answers (TLS-ALPN-01).
+struct Tls {
+    acceptor: TlsAcceptor,
+    acme: Option<Arc<acme::Challenges>>,
+}
+
+impl Tls {
+    /// Completes a handshake. One that offers `acme-tls/1` is an ACME server validating: it
+    /// gets the challenge certificate, and the connection ends there.
+    async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let Some(challenges) = &self.acme else {
+            return self.acceptor.accept(stream).await;
+        };
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        let validating = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == acme::ACME_TLS_ALPN));
+        if validating {
+            let config = challenges.alpn_config().map_err(std::io::Error::other)?;
+            let _ = start.into_stream(config).await?;
+            debug!("answered an ACME TLS-ALPN-01 validation");
+            return Err(std::io::Error::other("ACME validation handshake"));
+        }
+        start.into_stream(self.acceptor.config().clone()).await
+    }
+}
+
+/// TLS listeners without a certificate of their own serve the ACME one (`[tls.acme]`).
+struct AcmeSetup {
+    certs: Vec<Arc<ReloadableCert>>,
+    challenges: Arc<acme::Challenges>,
+}
+
 fn prepare(
     l: &ListenerConfig,
     config: &Config,
     certs: &mut Vec<Arc<ReloadableCert>>,
+    acme_setup: &mut AcmeSetup,
 ) -> std::io::Result<Listening> {
     let tls = if l.kind.is_tls() {
-        let (acceptor, cert) = tls::acceptor(l).map_err(startup_error)?;
-        certs.push(cert);
-        Some(acceptor)
+        let managed = l.cert.is_none();
+        let mut l = l.clone();
+        if managed {
+            let (cert, key) = acme::cert_paths(&config.acme_dir());
+            l.cert = Some(cert);
+            l.key = Some(key);
+        }
+        let (acceptor, cert) = tls::acceptor(&l).map_err(startup_error)?;
+        certs.push(cert.clone());
+        let alpn = config
+            .tls
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == config::AcmeChallenge::TlsAlpn01);
+        if managed {
+            acme_setup.certs.push(cert);
+        }
+        Some(Tls {
+            acceptor,
+            acme: (managed && alpn).then(|| acme_setup.challenges.clone()),
+        })
     } else {
         None
     };
@@ -465,13 +552,13 @@ async fn establish(
                 .map_err(ws)?;
             Ok((Transport::Ws(Box::new(socket)), None))
         }
-        (ListenerKind::Tls, Some(acceptor)) => {
-            let stream = acceptor.accept(stream).await?;
+        (ListenerKind::Tls, Some(tls)) => {
+            let stream = tls.accept(stream).await?;
             let name = client_name(&stream);
             Ok((Transport::Tls(Box::new(stream)), name))
         }
-        (ListenerKind::Wss, Some(acceptor)) => {
-            let stream = acceptor.accept(stream).await?;
+        (ListenerKind::Wss, Some(tls)) => {
+            let stream = tls.accept(stream).await?;
             let name = client_name(&stream);
             let socket = tokio_tungstenite::accept_hdr_async(stream, websocket_check(path))
                 .await

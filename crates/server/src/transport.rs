@@ -77,9 +77,15 @@ impl Transport {
         let _ = match self {
             Transport::Tcp(s) => s.shutdown().await,
             Transport::Tls(s) => s.shutdown().await,
-            Transport::Ws(ws) => ws.close(None).await.map_err(io::Error::other),
-            Transport::Wss(ws) => ws.close(None).await.map_err(io::Error::other),
-            Transport::Upgraded(ws) => ws.close(None).await.map_err(io::Error::other),
+            Transport::Ws(ws) => WebSocketStream::close(ws, None)
+                .await
+                .map_err(io::Error::other),
+            Transport::Wss(ws) => WebSocketStream::close(ws, None)
+                .await
+                .map_err(io::Error::other),
+            Transport::Upgraded(ws) => WebSocketStream::close(ws, None)
+                .await
+                .map_err(io::Error::other),
         };
     }
 }
