@@ -15,6 +15,8 @@ pub mod certs;
 pub mod config;
 mod conn;
 pub mod console;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 mod sys;
 pub mod tls;

@@ -112,7 +112,10 @@ fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> io::Result<usize> 
 }
 
 /// MQTT over WebSocket travels in binary messages, which need not align with packets.
-async fn read_ws<S>(ws: &mut WebSocketStream<S>, input: &mut Vec<u8>) -> io::Result<usize>
+pub(crate) async fn read_ws<S>(
+    ws: &mut WebSocketStream<S>,
+    input: &mut Vec<u8>,
+) -> io::Result<usize>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
