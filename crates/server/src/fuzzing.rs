@@ -99,23 +99,8 @@ mod tests {
 
     #[test]
     fn a_binary_frame_after_the_upgrade_is_read() {
-        // A masked binary frame carrying PINGREQ (0xC0 0x00), then a close frame.
-        let frame = [
-            0x82,
-            0x82,
-            1,
-            2,
-            3,
-            4,
-            0xC0 ^ 1,
-            0x00 ^ 2,
-            0x88,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-        ];
+        // A binary frame carrying PINGREQ (0xC0 0x00) masked with 1 2 3 4, then a close frame.
+        let frame = [0x82, 0x82, 1, 2, 3, 4, 0xC1, 0x02, 0x88, 0x80, 0, 0, 0, 0];
         assert_eq!(websocket(&frame, true), 2);
         assert_eq!(websocket(b"garbage", false), 0);
         config("[limits]\nmax_inflight = 0\n");
