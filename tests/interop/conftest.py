@@ -35,6 +35,8 @@ class Broker:
         self.data_dir = tmp_path / "data"
         # Runs in the broker's process before it starts (e.g. to set a resource limit).
         self.preexec = None
+        # Extra environment variables for the broker's process (e.g. LD_PRELOAD).
+        self.env = {}
 
     def start(self):
         log = open(self.log_path, "a")
@@ -51,6 +53,7 @@ class Broker:
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=self.preexec,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
