@@ -38,6 +38,8 @@ pub enum Scenario {
 pub struct Settings {
     /// The broker.
     pub broker: SocketAddr,
+    /// Where subscribers connect, if not to `broker` (another node of a cluster).
+    pub sub_broker: Option<SocketAddr>,
     /// The scenario.
     pub scenario: Scenario,
     /// Pairs, publishers, subscribers or connections, by scenario.
@@ -156,8 +158,8 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(s: &Settings, client_id: &str) -> std::io::Result<Conn> {
-        let tcp = TcpStream::connect(s.broker).await?;
+    async fn open(s: &Settings, addr: SocketAddr, client_id: &str) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Stream> = match &s.tls {
             Some((config, name)) => Box::new(
@@ -265,7 +267,9 @@ async fn connections(s: &Settings) -> std::io::Result<Report> {
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
             let t = Instant::now();
-            let conn = Conn::open(&s, &format!("bench-conn-{i}")).await.ok()?;
+            let conn = Conn::open(&s, s.broker, &format!("bench-conn-{i}"))
+                .await
+                .ok()?;
             Some((t.elapsed(), conn))
         }));
     }
@@ -335,7 +339,12 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
     // Subscribers first, so that nothing published is missed.
     let mut sub_conns = Vec::new();
     for i in 0..subscribers {
-        let mut c = Conn::open(s, &format!("bench-sub-{run_id}-{i}")).await?;
+        let mut c = Conn::open(
+            s,
+            s.sub_broker.unwrap_or(s.broker),
+            &format!("bench-sub-{run_id}-{i}"),
+        )
+        .await?;
         match s.scenario {
             Scenario::P2p | Scenario::Latency => c.subscribe(&topic(i), s.qos).await?,
             _ => c.subscribe(&format!("bench/{run_id}/+"), s.qos).await?,
@@ -433,7 +442,7 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
     let deadline = start + s.duration;
     let mut senders = Vec::new();
     for i in 0..publishers {
-        let mut c = Conn::open(s, &format!("bench-pub-{run_id}-{i}")).await?;
+        let mut c = Conn::open(s, s.broker, &format!("bench-pub-{run_id}-{i}")).await?;
         let flows = flows.clone();
         let s = s.clone();
         let topic = topic(i);

@@ -22,6 +22,7 @@ async fn broker() -> (tern_server::Server, tempfile::TempDir) {
 fn settings(server: &tern_server::Server, scenario: Scenario, qos: QoS) -> Settings {
     Settings {
         broker: server.local_addrs()[0],
+        sub_broker: None,
         scenario,
         clients: 3,
         qos,

@@ -105,10 +105,23 @@ pub struct Broker {
     next_connection: AtomicU64,
     store: Option<Arc<Store>>,
     observer: OnceLock<Observer>,
+    forwarder: OnceLock<Forwarder>,
 }
 
 /// Called with every message the broker routes (the console's topic tree).
 pub type Observer = Box<dyn Fn(&Message) + Send + Sync>;
+
+/// Called with every message published on this broker (by a client, a will or a bridge)
+/// whose topic is not a `$` topic; not with messages that came from other cluster nodes.
+pub type Forwarder = Box<dyn Fn(&Arc<Message>) + Send + Sync>;
+
+/// Called with a filter when its first subscription appears (`true`) or its last one goes
+/// (`false`); shared subscriptions under their whole `$share/<group>/<filter>`.
+pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
+/// The publisher name of messages that came from another cluster node (`$cluster/<node>`): they
+/// are routed here and never forwarded again. No client may take an identifier starting so.
+pub const CLUSTER_PUBLISHER_PREFIX: &str = "$cluster/";
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
@@ -152,6 +165,7 @@ impl Broker {
             retained: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             observer: OnceLock::new(),
+            forwarder: OnceLock::new(),
         })
     }
 
@@ -159,6 +173,32 @@ impl Broker {
     /// are ignored). It runs on the message path: it must be quick.
     pub fn set_observer(&self, observer: Observer) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Has `forwarder` called with every message published here from now on (set once; cluster
+    /// mode).
+    pub fn set_forwarder(&self, forwarder: Forwarder) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// Has `hook` told of every filter that gains its first or loses its last subscription,
+    /// and returns the filters subscribed now; both under the tree's lock, so no change falls
+    /// between the list and the first call.
+    pub fn set_interest(&self, hook: InterestHook) -> Vec<String> {
+        let mut tree = self.tree_mut();
+        tree.interest = Some(hook);
+        tree.filters()
+    }
+
+    /// Stores, replaces or (empty payload) clears a retained message without routing it: the
+    /// cluster's replicated retained store telling this node of another node's change.
+    pub fn set_retained(&self, message: Arc<Message>) {
+        let mut journal = self
+            .store()
+            .filter(|_| !message.topic.starts_with('$'))
+            .map(Journal::begin);
+        self.retain(&message, journal.as_mut());
+        persist::commit(journal);
     }
 
     /// The store, when the broker persists.
@@ -276,6 +316,13 @@ impl Broker {
     ) -> usize {
         if let Some(observe) = self.observer.get() {
             observe(&message);
+        }
+        if let Some(forward) = self.forwarder.get() {
+            if !message.topic.starts_with('$')
+                && !message.publisher.starts_with(CLUSTER_PUBLISHER_PREFIX)
+            {
+                forward(&message);
+            }
         }
         let retain = message.retain && self.limits.retain_available;
         let matches = self.tree().matches(&message.topic);

@@ -23,7 +23,9 @@ mod tree;
 
 pub use access::{AccessControl, AllowAll, Credentials, Identity};
 pub use admin::Removal;
-pub use broker::{Broker, DropCause, Observer, Stats};
+pub use broker::{
+    Broker, DropCause, Forwarder, InterestHook, Observer, Stats, CLUSTER_PUBLISHER_PREFIX,
+};
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;

@@ -52,6 +52,10 @@ impl Node {
 pub struct SubscriptionTree {
     root: Node,
     count: usize,
+    /// How many sessions subscribe with each filter (shared ones whole, `$share/g/f`).
+    filters: HashMap<Box<str>, usize>,
+    /// Told when a filter gains its first or loses its last subscription (cluster mode).
+    pub(crate) interest: Option<crate::broker::InterestHook>,
 }
 
 impl SubscriptionTree {
@@ -88,6 +92,11 @@ impl SubscriptionTree {
         };
         if new {
             self.count += 1;
+            let n = self.filters.entry(filter.as_str().into()).or_default();
+            *n += 1;
+            if let (1, Some(hook)) = (*n, &self.interest) {
+                hook(filter.as_str(), true);
+            }
         }
         new
     }
@@ -105,8 +114,22 @@ impl SubscriptionTree {
         let removed = remove_at(&mut self.root, &levels, group, client);
         if removed {
             self.count -= 1;
+            if let Some(n) = self.filters.get_mut(filter.as_str()) {
+                *n -= 1;
+                if *n == 0 {
+                    self.filters.remove(filter.as_str());
+                    if let Some(hook) = &self.interest {
+                        hook(filter.as_str(), false);
+                    }
+                }
+            }
         }
         removed
+    }
+
+    /// Every filter subscribed now, once each.
+    pub fn filters(&self) -> Vec<String> {
+        self.filters.keys().map(|f| f.to_string()).collect()
     }
 
     /// How many subscriptions there are.

@@ -61,6 +61,9 @@ struct BenchArgs {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     broker: std::net::SocketAddr,
+    /// Subscribers connect here instead of --broker (another node of a cluster).
+    #[arg(long)]
+    sub_broker: Option<std::net::SocketAddr>,
     /// Pairs, publishers, subscribers or connections, by scenario.
     #[arg(short = 'n', long, default_value_t = 10)]
     clients: usize,
@@ -286,6 +289,7 @@ fn bench(args: BenchArgs) -> ExitCode {
     };
     let settings = Settings {
         broker: args.broker,
+        sub_broker: args.sub_broker,
         scenario,
         clients: args.clients.max(1),
         qos,

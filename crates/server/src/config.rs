@@ -37,6 +37,43 @@ pub struct Config {
     /// Connections to other brokers that topics are forwarded over.
     #[serde(rename = "bridge", skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
+    /// Cluster mode: this broker is one node of several sharing messages over NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the NATS servers (with JetStream) the nodes share, and this node's name.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (logs, `$SYS`).
+    pub node: String,
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); any one of them is enough to
+    /// join, the client learns the others and moves between them.
+    pub nats_urls: Vec<String>,
+    /// User name for NATS (with `password`).
+    pub user: Option<String>,
+    /// Password for NATS.
+    pub password: Option<String>,
+    /// Token for NATS, instead of user and password.
+    pub token: Option<String>,
+    /// PEM CA certificates to trust for NATS over TLS (and require TLS).
+    pub ca_file: Option<PathBuf>,
+    /// First token of every subject, and the bucket names' prefix; clusters sharing one NATS
+    /// system need different prefixes.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// Copies JetStream keeps of the retained bucket (1 to 5, at most the NATS servers).
+    #[serde(default = "default_cluster_replicas")]
+    pub replicas: usize,
+}
+
+fn default_cluster_prefix() -> String {
+    "tern".into()
+}
+
+fn default_cluster_replicas() -> usize {
+    1
 }
 
 /// `[tls]`: certificates for every TLS listener that names none.
@@ -382,6 +419,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             tls: TlsConfig::default(),
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -549,6 +587,28 @@ impl Config {
                 )));
             }
         }
+        if let Some(c) = &self.cluster {
+            if c.node.is_empty() {
+                return bad("node", "must name this node");
+            }
+            if c.nats_urls.is_empty() {
+                return bad("nats_urls", "needs at least one NATS server URL");
+            }
+            if c.prefix.is_empty()
+                || !c
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad("prefix", "must be letters, digits, `-` and `_`");
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return bad("replicas", "must be 1 to 5");
+            }
+            if c.user.is_some() != c.password.is_some() {
+                return bad("user", "and `password` go together in [cluster]");
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad(
                 "log_level",
@@ -619,7 +679,21 @@ mod tests {
     fn every_key_is_documented() {
         // docs/configuration.md names every key; a new key without a line there fails here.
         let docs = include_str!("../../../docs/configuration.md");
-        let defaults = toml::to_string(&Config::default()).unwrap();
+        // The optional sections too, every key set.
+        let sample = Config {
+            cluster: Some(ClusterConfig {
+                node: "a".into(),
+                nats_urls: vec!["nats://127.0.0.1:4222".into()],
+                user: Some("u".into()),
+                password: Some("p".into()),
+                token: Some("t".into()),
+                ca_file: Some("ca.pem".into()),
+                prefix: "tern".into(),
+                replicas: 3,
+            }),
+            ..Config::default()
+        };
+        let defaults = toml::to_string(&sample).unwrap();
         let table: toml::Table = toml::from_str(&defaults).unwrap();
         fn keys(table: &toml::Table, out: &mut Vec<String>) {
             for (k, v) in table {
@@ -639,7 +713,9 @@ mod tests {
         for key in all {
             let shown = if key == "listener" {
                 "[[listener]]".to_owned()
-            } else if ["limits", "sys", "persistence", "console", "tls"].contains(&key.as_str()) {
+            } else if ["limits", "sys", "persistence", "console", "tls", "cluster"]
+                .contains(&key.as_str())
+            {
                 format!("[{key}]")
             } else {
                 format!("`{key}`")
@@ -649,6 +725,30 @@ mod tests {
                 "docs/configuration.md does not document {shown}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let ok =
+            Config::parse("[cluster]\nnode = \"a\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\n")
+                .unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!((c.prefix.as_str(), c.replicas), ("tern", 1));
+        let err = Config::parse("[cluster]\nnode = \"a\"\nnats_urls = []\n").unwrap_err();
+        assert!(
+            err.0.contains("line 3") && err.0.contains("nats_urls"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[cluster]\nnode = \"a\"\nnats_urls = [\"nats://x\"]\nprefix = \"a.b\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("line 4") && err.0.contains("prefix"),
+            "{err}"
+        );
+        let err = Config::parse("[cluster]\nnats_urls = [\"nats://x\"]\n").unwrap_err();
+        assert!(err.0.contains("node"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod access;
 mod acme;
 pub mod bridge;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod console;
@@ -54,6 +55,7 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     console_addr: Option<SocketAddr>,
     bridges: Vec<Arc<bridge::BridgeStatus>>,
+    cluster: Option<Arc<cluster::ClusterStatus>>,
     certs: Vec<Arc<ReloadableCert>>,
     users: Option<Arc<FileAccess>>,
     shutdown: watch::Sender<bool>,
@@ -159,6 +161,11 @@ impl Server {
         };
         let counts = Arc::new(AddressCounts::default());
         let mut tasks = JoinSet::new();
+        // Before the first listener: every message published here must reach the cluster.
+        let cluster = config.cluster.as_ref().map(|c| {
+            info!(node = %c.node, urls = ?c.nats_urls, "cluster mode");
+            cluster::start(broker.clone(), c.clone(), shutdown.subscribe(), &mut tasks)
+        });
         let mut addrs = Vec::new();
         let mut certs = Vec::new();
         let mut kinds = Vec::new();
@@ -252,6 +259,7 @@ impl Server {
             addrs,
             console_addr,
             bridges,
+            cluster,
             certs,
             users,
             shutdown,
@@ -267,6 +275,11 @@ impl Server {
     /// The bridges' figures.
     pub fn bridges(&self) -> &[Arc<bridge::BridgeStatus>] {
         &self.bridges
+    }
+
+    /// The cluster's figures, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<cluster::ClusterStatus>> {
+        self.cluster.as_ref()
     }
 
     /// The bound addresses, in the order of the configuration's listeners.

@@ -91,6 +91,15 @@ pub(crate) fn handle_connect(
             "client identifiers starting with $bridge/ are the broker's own",
         );
     }
+    // Messages from other cluster nodes carry `$cluster/<node>` as their publisher; a client
+    // with such an identifier would have its messages taken for theirs (never forwarded).
+    if client_id.starts_with(crate::broker::CLUSTER_PUBLISHER_PREFIX) {
+        return refuse(
+            out,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifiers starting with $cluster/ are the broker's own",
+        );
+    }
     if let Some(w) = &c.will {
         if !conn.broker.access.may_publish(
             &client_id,

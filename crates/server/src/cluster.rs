@@ -1,0 +1,694 @@
+//! Cluster mode: several tern nodes share their messages over NATS (`[cluster]`).
+//!
+//! Each node keeps its own connections, sessions and subscription tree. The cluster adds:
+//! - **fan-out**: a message published on this node (by a client, a will or a bridge) is
+//!   published on NATS under a subject built from its topic, level by level (`subject_of`);
+//!   the node subscribes on NATS once per distinct subject its local filters need
+//!   (`subjects_of`, reference counted), so NATS sends a node only what it has subscribers
+//!   for. A message from NATS is routed here like a local one, with the publisher
+//!   `$cluster/<origin>`, and never forwarded again. The connection to NATS has `no_echo`: a
+//!   node does not get its own publications back.
+//! - **retained messages**: a JetStream key-value bucket (`<prefix>_retained`, `replicas`
+//!   copies) holds the newest retained message per topic; every node watches it and keeps
+//!   the whole set locally (its own retained store), so a new subscription on any node gets
+//!   the matching retained messages at once, from memory.
+//!
+//! One NATS message reaches a node once per subscription of the node that matches it
+//! (`a/+` and `a/#` both match `a/b`), so every message carries its origin and a sequence
+//! number and the receiver drops copies it has already routed (`Seen`).
+//!
+//! What this does not do yet (docs/cluster.md): session takeover across nodes, persistent
+//! sessions and QoS 1/2 guarantees across node failures (a message crosses the cluster at most
+//! once: core NATS), shared subscriptions as one group across nodes.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use async_nats::{Client, ConnectOptions, Event};
+use futures_util::StreamExt;
+use tern_broker::{Broker, Message, CLUSTER_PUBLISHER_PREFIX};
+use tern_proto::{PropertiesBuf, PropertyContext, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::StreamMap;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::now;
+
+/// Messages waiting to be published on NATS; beyond this, new ones are dropped and counted.
+const OUTGOING_CAPACITY: usize = 100_000;
+
+/// How many recent (origin, sequence) pairs a node remembers to drop the extra copies NATS
+/// delivers when several of its subscriptions match one message.
+const SEEN_WINDOW: usize = 1 << 16;
+
+/// The cluster's figures, for logs, tests and (later) `$SYS` and the console.
+#[derive(Debug, Default)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// Connected to NATS now.
+    pub connected: AtomicBool,
+    /// Messages published on NATS.
+    pub forwarded_out: AtomicU64,
+    /// Messages from other nodes routed here.
+    pub forwarded_in: AtomicU64,
+    /// Messages not forwarded because the outgoing queue was full or NATS refused them.
+    pub dropped: AtomicU64,
+    /// Extra copies of one message dropped on arrival.
+    pub duplicates: AtomicU64,
+    /// NATS subjects this node subscribes to now.
+    pub subjects: AtomicUsize,
+    /// Retained messages written to or read from the replicated bucket.
+    pub retained_synced: AtomicU64,
+    /// The last error, for people.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ClusterStatus {
+    fn error(&self, why: String) {
+        warn!(node = %self.node, "cluster: {why}");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+}
+
+/// Joins the cluster: sets the broker's forwarding and interest hooks now (so nothing
+/// published from here on is missed) and spawns the tasks that talk to NATS.
+pub(crate) fn start(
+    broker: Arc<Broker>,
+    config: ClusterConfig,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Arc<ClusterStatus> {
+    let status = Arc::new(ClusterStatus {
+        node: config.node.clone(),
+        ..ClusterStatus::default()
+    });
+    let origin = RandomState::new().build_hasher().finish();
+    let (out_tx, out_rx) = mpsc::channel::<Arc<Message>>(OUTGOING_CAPACITY);
+    let full = status.clone();
+    broker.set_forwarder(Box::new(move |message| {
+        if out_tx.try_send(message.clone()).is_err() {
+            full.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+    let initial = broker.set_interest(Box::new(move |filter, add| {
+        let _ = interest_tx.send((filter.to_string(), add));
+    }));
+    let link = Link {
+        broker,
+        config,
+        status: status.clone(),
+        origin,
+    };
+    tasks.spawn(link.run(out_rx, interest_rx, initial, shutdown));
+    status
+}
+
+struct Link {
+    broker: Arc<Broker>,
+    config: ClusterConfig,
+    status: Arc<ClusterStatus>,
+    origin: u64,
+}
+
+impl Link {
+    async fn run(
+        self,
+        out_rx: mpsc::Receiver<Arc<Message>>,
+        interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
+        initial: Vec<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let link = Arc::new(self);
+        let client = tokio::select! {
+            c = link.connect() => c,
+            _ = shutdown.changed() => return,
+        };
+        let Some(client) = client else { return };
+        info!(node = %link.config.node, urls = ?link.config.nats_urls, "cluster: connected to NATS");
+        let (retained_tx, retained_rx) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            link.clone()
+                .publish_loop(client.clone(), out_rx, retained_tx),
+        );
+        tasks.spawn(
+            link.clone()
+                .receive_loop(client.clone(), interest_rx, initial),
+        );
+        tasks.spawn(link.clone().retained_loop(client.clone(), retained_rx));
+        let _ = shutdown.changed().await;
+        tasks.abort_all();
+        let _ = client.flush().await;
+    }
+
+    async fn connect(&self) -> Option<Client> {
+        let status = self.status.clone();
+        let mut options = ConnectOptions::new()
+            .name(format!("tern {}", self.config.node))
+            .no_echo()
+            .retry_on_initial_connect()
+            .subscription_capacity(SEEN_WINDOW)
+            .event_callback(move |event| {
+                let status = status.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            status.connected.store(true, Ordering::Relaxed);
+                        }
+                        Event::Disconnected => {
+                            status.connected.store(false, Ordering::Relaxed);
+                            status.error("the connection to NATS was lost".into());
+                        }
+                        other => status.error(format!("NATS: {other}")),
+                    }
+                }
+            });
+        if let (Some(user), Some(password)) = (&self.config.user, &self.config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.config.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.config.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match options.connect(self.config.nats_urls.clone()).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                self.status
+                    .error(format!("cannot use the NATS addresses given: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Publishes what this node's clients publish; retained messages also go to the bucket.
+    async fn publish_loop(
+        self: Arc<Self>,
+        client: Client,
+        mut out_rx: mpsc::Receiver<Arc<Message>>,
+        retained_tx: mpsc::UnboundedSender<Arc<Message>>,
+    ) {
+        let mut seq = 0u64;
+        while let Some(message) = out_rx.recv().await {
+            seq += 1;
+            let subject = subject_of(&self.config.prefix, &message.topic);
+            let body = Envelope::encode(&message, self.origin, seq, now());
+            match client.publish(subject, body.into()).await {
+                Ok(()) => {
+                    self.status.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.status.error(format!("publishing on NATS: {e}"));
+                }
+            }
+            if message.retain {
+                let _ = retained_tx.send(message);
+            }
+        }
+    }
+
+    /// Keeps one NATS subscription per subject the local filters need and routes what
+    /// arrives.
+    async fn receive_loop(
+        self: Arc<Self>,
+        client: Client,
+        mut interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
+        initial: Vec<String>,
+    ) {
+        let mut subscriptions: StreamMap<String, async_nats::Subscriber> = StreamMap::new();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut seen = Seen::default();
+        for filter in initial {
+            self.interest(&client, &mut subscriptions, &mut counts, &filter, true)
+                .await;
+        }
+        loop {
+            tokio::select! {
+                change = interest_rx.recv() => {
+                    let Some((filter, add)) = change else { return };
+                    self.interest(&client, &mut subscriptions, &mut counts, &filter, add).await;
+                }
+                Some((_, m)) = subscriptions.next(), if !subscriptions.is_empty() => {
+                    self.arrived(&m.payload, &mut seen);
+                }
+            }
+        }
+    }
+
+    async fn interest(
+        &self,
+        client: &Client,
+        subscriptions: &mut StreamMap<String, async_nats::Subscriber>,
+        counts: &mut HashMap<String, usize>,
+        filter: &str,
+        add: bool,
+    ) {
+        for subject in subjects_of(&self.config.prefix, filter) {
+            if add {
+                let n = counts.entry(subject.clone()).or_default();
+                *n += 1;
+                if *n == 1 {
+                    match client.subscribe(subject.clone()).await {
+                        Ok(s) => {
+                            subscriptions.insert(subject, s);
+                        }
+                        Err(e) => self.status.error(format!("subscribing to {subject}: {e}")),
+                    }
+                }
+            } else if let Some(n) = counts.get_mut(&subject) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&subject);
+                    // Dropping the subscriber unsubscribes it.
+                    subscriptions.remove(&subject);
+                }
+            }
+        }
+        self.status
+            .subjects
+            .store(subscriptions.len(), Ordering::Relaxed);
+    }
+
+    fn arrived(&self, payload: &[u8], seen: &mut Seen) {
+        let Some(envelope) = Envelope::decode(payload) else {
+            self.status
+                .error("a message on the cluster's subjects is not tern's".into());
+            return;
+        };
+        if envelope.origin == self.origin {
+            return;
+        }
+        if !seen.first(envelope.origin, envelope.seq) {
+            self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let message = envelope.into_message(now(), 0);
+        self.broker.route(Arc::new(message));
+        self.status.forwarded_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes this node's retained changes to the bucket, in order, and applies everyone's
+    /// from the bucket's watch.
+    async fn retained_loop(
+        self: Arc<Self>,
+        client: Client,
+        mut retained_rx: mpsc::UnboundedReceiver<Arc<Message>>,
+    ) {
+        let js = async_nats::jetstream::new(client);
+        let bucket = format!("{}_retained", self.config.prefix);
+        let store = loop {
+            let config = kv::Config {
+                bucket: bucket.clone(),
+                description: "tern retained messages, one per topic".into(),
+                history: 1,
+                num_replicas: self.config.replicas,
+                ..kv::Config::default()
+            };
+            match js.create_or_update_key_value(config).await {
+                Ok(store) => break store,
+                Err(e) => {
+                    self.status
+                        .error(format!("the retained bucket {bucket}: {e}; retrying"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let watcher = self.clone();
+        let watched = store.clone();
+        let watch = tokio::spawn(async move { watcher.watch_retained(watched).await });
+        while let Some(message) = retained_rx.recv().await {
+            let key = key_of(&message.topic);
+            loop {
+                let result = if message.payload.is_empty() {
+                    store.delete(&key).await.map_err(|e| e.to_string())
+                } else {
+                    let value = Envelope::encode(&message, self.origin, 0, now());
+                    store
+                        .put(&key, value.into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok(()) => {
+                        self.status.retained_synced.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.status
+                            .error(format!("writing retained {key}: {e}; retrying"));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        watch.abort();
+    }
+
+    async fn watch_retained(self: Arc<Self>, store: kv::Store) {
+        loop {
+            // With history: the newest entry of every key first (a node that joins or
+            // comes back learns the whole set, delete markers included), then changes.
+            match store.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    while let Some(entry) = entries.next().await {
+                        let Ok(entry) = entry else { break };
+                        self.apply_retained(entry);
+                    }
+                }
+                Err(e) => self
+                    .status
+                    .error(format!("watching the retained bucket: {e}")),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn apply_retained(&self, entry: kv::Entry) {
+        let clear = |topic: String| Message {
+            topic: topic.into(),
+            payload: Vec::new(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PropertiesBuf::default(),
+            publisher: format!("{CLUSTER_PUBLISHER_PREFIX}retained").into(),
+            expires_at: None,
+            stored: Default::default(),
+            encoded: Default::default(),
+        };
+        let message = match entry.operation {
+            Operation::Put => {
+                let Some(envelope) = Envelope::decode(&entry.value) else {
+                    return;
+                };
+                if envelope.origin == self.origin {
+                    return;
+                }
+                let age = (time::OffsetDateTime::now_utc() - entry.created)
+                    .whole_seconds()
+                    .max(0) as u64;
+                envelope.into_message(now(), age)
+            }
+            Operation::Delete | Operation::Purge => match topic_of_key(&entry.key) {
+                Some(topic) => clear(topic),
+                None => return,
+            },
+        };
+        self.status.retained_synced.fetch_add(1, Ordering::Relaxed);
+        self.broker.set_retained(Arc::new(message));
+    }
+}
+
+/// The (origin, sequence) pairs routed lately.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Seen {
+    /// True the first time a pair is shown. A copy arriving after `SEEN_WINDOW` other
+    /// messages is taken for new: a duplicate, never a loss.
+    fn first(&mut self, origin: u64, seq: u64) -> bool {
+        if !self.set.insert((origin, seq)) {
+            return false;
+        }
+        self.order.push_back((origin, seq));
+        if self.order.len() > SEEN_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// A message as it crosses the cluster: format 1, flags (QoS in bits 0-1, RETAIN bit 2,
+/// expiry bit 3), origin (8 bytes), sequence (8), seconds of expiry left (4), topic length
+/// (2) and topic, properties length (4) and the MQTT 5 property block, then the payload.
+struct Envelope {
+    origin: u64,
+    seq: u64,
+    qos: QoS,
+    retain: bool,
+    expiry: Option<u32>,
+    topic: String,
+    properties: PropertiesBuf,
+    payload: Vec<u8>,
+}
+
+const FORMAT: u8 = 1;
+
+impl Envelope {
+    fn encode(m: &Message, origin: u64, seq: u64, now: std::time::Instant) -> Vec<u8> {
+        let expiry = m.remaining_expiry(now);
+        let props = m.properties.as_bytes();
+        let mut out = Vec::with_capacity(30 + m.topic.len() + props.len() + m.payload.len());
+        out.push(FORMAT);
+        out.push(m.qos as u8 | u8::from(m.retain) << 2 | u8::from(expiry.is_some()) << 3);
+        out.extend_from_slice(&origin.to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&expiry.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&(m.topic.len() as u16).to_be_bytes());
+        out.extend_from_slice(m.topic.as_bytes());
+        out.extend_from_slice(&(props.len() as u32).to_be_bytes());
+        out.extend_from_slice(props);
+        out.extend_from_slice(&m.payload);
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Envelope> {
+        let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+            let s = b.get(*at..*at + n)?;
+            *at += n;
+            Some(s)
+        };
+        let mut at = 0;
+        let head = take(&mut at, 2)?;
+        if head[0] != FORMAT {
+            return None;
+        }
+        let flags = head[1];
+        let origin = u64::from_be_bytes(take(&mut at, 8)?.try_into().ok()?);
+        let seq = u64::from_be_bytes(take(&mut at, 8)?.try_into().ok()?);
+        let expiry = u32::from_be_bytes(take(&mut at, 4)?.try_into().ok()?);
+        let topic_len = u16::from_be_bytes(take(&mut at, 2)?.try_into().ok()?) as usize;
+        let topic = std::str::from_utf8(take(&mut at, topic_len)?)
+            .ok()?
+            .to_string();
+        let props_len = u32::from_be_bytes(take(&mut at, 4)?.try_into().ok()?) as usize;
+        let props = take(&mut at, props_len)?.to_vec();
+        let properties = PropertiesBuf::from_block(props, PropertyContext::Publish).ok()?;
+        Some(Envelope {
+            origin,
+            seq,
+            qos: match flags & 3 {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                2 => QoS::ExactlyOnce,
+                _ => return None,
+            },
+            retain: flags & 4 != 0,
+            expiry: (flags & 8 != 0).then_some(expiry),
+            topic,
+            properties,
+            payload: b[at..].to_vec(),
+        })
+    }
+
+    /// The message to route here; `age` seconds already passed since it was encoded.
+    fn into_message(self, now: std::time::Instant, age: u64) -> Message {
+        Message {
+            topic: self.topic.into(),
+            payload: self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties,
+            publisher: format!("{CLUSTER_PUBLISHER_PREFIX}{:016x}", self.origin).into(),
+            expires_at: self
+                .expiry
+                .map(|s| now + Duration::from_secs(u64::from(s).saturating_sub(age))),
+            stored: Default::default(),
+            encoded: Default::default(),
+        }
+    }
+}
+
+/// One topic level as a NATS token (also valid in a key-value key): letters, digits, `-` and
+/// `_` stay; any other byte is `=` and two hex digits; an empty level is `=` alone.
+fn token(level: &str, out: &mut String) {
+    if level.is_empty() {
+        out.push('=');
+        return;
+    }
+    for b in level.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+}
+
+/// The key-value key of a topic: its levels as tokens joined by `.`.
+fn key_of(topic: &str) -> String {
+    let mut out = String::with_capacity(topic.len() + 8);
+    for (i, level) in topic.split('/').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        token(level, &mut out);
+    }
+    out
+}
+
+/// The topic a key-value key stands for ([`key_of`] undone).
+fn topic_of_key(key: &str) -> Option<String> {
+    let mut levels = Vec::new();
+    for t in key.split('.') {
+        if t == "=" {
+            levels.push(String::new());
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(t.len());
+        let mut it = t.bytes();
+        while let Some(b) = it.next() {
+            if b == b'=' {
+                let hex = [it.next()?, it.next()?];
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            } else {
+                bytes.push(b);
+            }
+        }
+        levels.push(String::from_utf8(bytes).ok()?);
+    }
+    Some(levels.join("/"))
+}
+
+/// The NATS subject a message on `topic` is published under.
+fn subject_of(prefix: &str, topic: &str) -> String {
+    format!("{prefix}.{}", key_of(topic))
+}
+
+/// The NATS subjects that together receive every message `filter` matches: `+` is `*`; `#`
+/// is `>`, plus the parent level itself, which MQTT's `#` matches too [MQTT-4.7.1-2]. A
+/// shared subscription needs its inner filter's subjects.
+fn subjects_of(prefix: &str, filter: &str) -> Vec<String> {
+    let inner = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    };
+    let mut subject = prefix.to_string();
+    for level in inner.split('/') {
+        subject.push('.');
+        match level {
+            "+" => subject.push('*'),
+            "#" => {
+                let parent = subject[..subject.len() - 1].to_string();
+                subject.push('>');
+                return if parent == prefix {
+                    vec![subject]
+                } else {
+                    vec![parent, subject]
+                };
+            }
+            _ => token(level, &mut subject),
+        }
+    }
+    vec![subject]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_become_subjects_level_by_level() {
+        assert_eq!(
+            subject_of("tern", "home/kitchen/temp"),
+            "tern.home.kitchen.temp"
+        );
+        // Characters NATS gives a meaning to, and empty levels, are escaped.
+        assert_eq!(subject_of("tern", "a.b/*/>/ /"), "tern.a=2Eb.=2A.=3E.=20.=");
+        assert_eq!(subject_of("tern", "/x"), "tern.=.x");
+        assert_eq!(subject_of("tern", "=/été"), "tern.=3D.=C3=A9t=C3=A9");
+        assert_eq!(subject_of("tern", "$SYS/x"), "tern.=24SYS.x");
+    }
+
+    #[test]
+    fn keys_turn_back_into_their_topics() {
+        for topic in ["a/b", "/", "a//b", "été/=/x.y", "$SYS/broker", "+", " "] {
+            assert_eq!(topic_of_key(&key_of(topic)).as_deref(), Some(topic));
+        }
+        assert_eq!(topic_of_key("a=G1"), None);
+        assert_eq!(topic_of_key("a=F"), None);
+    }
+
+    #[test]
+    fn filters_become_the_subjects_that_cover_them() {
+        assert_eq!(subjects_of("t", "a/+/c"), ["t.a.*.c"]);
+        // [MQTT-4.7.1-2] `#` also matches its parent level.
+        assert_eq!(subjects_of("t", "a/#"), ["t.a", "t.a.>"]);
+        assert_eq!(subjects_of("t", "#"), ["t.>"]);
+        assert_eq!(subjects_of("t", "+/#"), ["t.*", "t.*.>"]);
+        assert_eq!(subjects_of("t", "$share/g/a/#"), ["t.a", "t.a.>"]);
+        assert_eq!(subjects_of("t", "a//b"), ["t.a.=.b"]);
+    }
+
+    #[test]
+    fn envelopes_carry_the_whole_message() {
+        let start = std::time::Instant::now();
+        let props = tern_proto::Properties {
+            content_type: Some("text/plain"),
+            ..Default::default()
+        };
+        let m = Message {
+            topic: "a/b".into(),
+            payload: b"hello".to_vec(),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: PropertiesBuf::new(&props).expect("properties"),
+            publisher: "p".into(),
+            expires_at: Some(start + Duration::from_secs(30)),
+            stored: Default::default(),
+            encoded: Default::default(),
+        };
+        let bytes = Envelope::encode(&m, 7, 9, start);
+        let e = Envelope::decode(&bytes).expect("decodes");
+        assert_eq!((e.origin, e.seq, e.expiry), (7, 9, Some(30)));
+        let back = e.into_message(start, 10);
+        assert_eq!((&*back.topic, &back.payload[..]), ("a/b", &b"hello"[..]));
+        assert_eq!((back.qos, back.retain), (QoS::ExactlyOnce, true));
+        assert_eq!(back.expires_at, Some(start + Duration::from_secs(20)));
+        assert_eq!(
+            back.properties.get(PropertyContext::Publish).content_type,
+            Some("text/plain")
+        );
+        for cut in 0..bytes.len() - m.payload.len() {
+            assert!(Envelope::decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn copies_of_one_message_are_routed_once() {
+        let mut seen = Seen::default();
+        assert!(seen.first(1, 1));
+        assert!(!seen.first(1, 1));
+        assert!(seen.first(2, 1));
+        for n in 2..(SEEN_WINDOW as u64 + 10) {
+            assert!(seen.first(1, n));
+        }
+        assert!(seen.set.len() <= SEEN_WINDOW);
+    }
+}

