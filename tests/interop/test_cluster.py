@@ -294,3 +294,46 @@ def test_cluster_keeps_working_when_a_nats_server_is_killed(cluster):
     assert "the connection to NATS was lost" in nodes["a"].log(), "the kill did not reach node a"
     for c in (sub, pub):
         c.close()
+
+
+def test_a_client_connecting_to_another_node_takes_its_session_over(cluster):
+    """The same client identifier connecting to node b while connected to node a: a closes
+    the old connection, telling an MQTT 5 client Session Taken Over (0x8E) [MQTT-3.1.4-3]
+    [MQTT-3.14.2-1], and the new connection on b stays. MQTT 3.1.1 has no reason code: the
+    old connection is closed."""
+    nodes, _ = cluster
+    reasons = []
+    old = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mover", protocol=mqtt.MQTTv5)
+    connected = threading.Event()
+    old.on_connect = lambda *a: connected.set()
+    old.on_disconnect = lambda c, u, flags, rc, p: reasons.append(rc.value)
+    old.connect("127.0.0.1", nodes["a"].port, keepalive=30)
+    old.loop_start()
+    assert connected.wait(10)
+    wait_for(lambda: "cluster: registered client_id=mover" in nodes["a"].log(), what="a's registration")
+    new = Client(nodes["b"], "mover")
+    wait_for(lambda: reasons, what="the old connection on a to be closed")
+    old.loop_stop()
+    assert reasons[0] == 0x8E, f"reason {reasons[0]:#x}"
+    assert "connected to another node" in nodes["a"].log()
+
+    new.close()
+
+    def connect_v3(node):
+        sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        body = b"\x00\x04MQTT\x04\x02\x00\x1e\x00\x05mover"
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        assert sock.recv(4) == b"\x20\x02\x00\x00"
+        return sock
+
+    registered = nodes["b"].log().count("cluster: registered client_id=mover")
+    on_b = connect_v3(nodes["b"])
+    wait_for(lambda: nodes["b"].log().count("cluster: registered client_id=mover") > registered,
+             what="b's registration")
+    on_c = connect_v3(nodes["c"])
+    assert on_b.recv(1) == b"", "b must close its connection when the client connects to c"
+    on_c.settimeout(1.0)
+    with pytest.raises(socket.timeout):
+        on_c.recv(1)
+    on_b.close()
+    on_c.close()

@@ -41,6 +41,13 @@ impl Broker {
     /// (0x98, told to MQTT 5 clients in a DISCONNECT). Its will is published, and a
     /// persistent session stays. `NotFound` when no connection holds the session.
     pub fn disconnect_client(&self, client_id: &str) -> Removal {
+        self.close_client(client_id, ReasonCode::ADMINISTRATIVE_ACTION)
+    }
+
+    /// Closes the connection attached to `client_id`'s session with `reason` (told to MQTT 5
+    /// clients in a DISCONNECT), as [`Broker::disconnect_client`] does; cluster mode closes
+    /// with Session Taken Over (0x8E) when the client connected to another node.
+    pub fn close_client(&self, client_id: &str, reason: ReasonCode) -> Removal {
         let Some(session) = self.session(client_id) else {
             return Removal::NotFound;
         };
@@ -48,7 +55,7 @@ impl Broker {
         if state.owner.is_none() {
             return Removal::NotFound;
         }
-        state.close_owner = Some(ReasonCode::ADMINISTRATIVE_ACTION);
+        state.close_owner = Some(reason);
         drop(state);
         session.wake.notify_one();
         Removal::Removed

@@ -106,6 +106,7 @@ pub struct Broker {
     store: Option<Arc<Store>>,
     observer: OnceLock<Observer>,
     forwarder: OnceLock<Forwarder>,
+    connect_hook: OnceLock<ConnectHook>,
 }
 
 /// Called with every message the broker routes (the console's topic tree).
@@ -118,6 +119,9 @@ pub type Forwarder = Box<dyn Fn(&Arc<Message>) + Send + Sync>;
 /// Called with a filter when its first subscription appears (`true`) or its last one goes
 /// (`false`); shared subscriptions under their whole `$share/<group>/<filter>`.
 pub type InterestHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
+/// Called with a client identifier when its CONNECT has been accepted.
+pub type ConnectHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The publisher name of messages that came from another cluster node (`$cluster/<node>`): they
 /// are routed here and never forwarded again. No client may take an identifier starting so.
@@ -166,6 +170,7 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             observer: OnceLock::new(),
             forwarder: OnceLock::new(),
+            connect_hook: OnceLock::new(),
         })
     }
 
@@ -179,6 +184,19 @@ impl Broker {
     /// mode).
     pub fn set_forwarder(&self, forwarder: Forwarder) {
         let _ = self.forwarder.set(forwarder);
+    }
+
+    /// Has `hook` called with every client identifier whose CONNECT is accepted from now on
+    /// (set once; cluster mode's session registry).
+    pub fn set_connect_hook(&self, hook: ConnectHook) {
+        let _ = self.connect_hook.set(hook);
+    }
+
+    /// Tells the connect hook, if any, that `client_id` connected here.
+    pub(crate) fn connected(&self, client_id: &str) {
+        if let Some(hook) = self.connect_hook.get() {
+            hook(client_id);
+        }
     }
 
     /// Has `hook` told of every filter that gains its first or loses its last subscription,

@@ -24,7 +24,8 @@ mod tree;
 pub use access::{AccessControl, AllowAll, Credentials, Identity};
 pub use admin::Removal;
 pub use broker::{
-    Broker, DropCause, Forwarder, InterestHook, Observer, Stats, CLUSTER_PUBLISHER_PREFIX,
+    Broker, ConnectHook, DropCause, Forwarder, InterestHook, Observer, Stats,
+    CLUSTER_PUBLISHER_PREFIX,
 };
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};

@@ -17,9 +17,13 @@
 //! (`a/+` and `a/#` both match `a/b`), so every message carries its origin and a sequence
 //! number and the receiver drops copies it has already routed (`Seen`).
 //!
-//! What this does not do yet (docs/cluster.md): session takeover across nodes, persistent
-//! sessions and QoS 1/2 guarantees across node failures (a message crosses the cluster at most
-//! once: core NATS), shared subscriptions as one group across nodes.
+//! - **the session registry**: a key-value bucket (`<prefix>_sessions`) mapping each client
+//!   identifier to the node it last connected to; the node that held it before closes its
+//!   connection with Session Taken Over (`registry_loop`).
+//!
+//! What this does not do yet (docs/cluster.md): moving a persistent session's state to the
+//! node a client moves to, QoS 1/2 guarantees across node failures (a message crosses the
+//! cluster at most once: core NATS), shared subscriptions as one group across nodes.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,11 +36,11 @@ use async_nats::jetstream::kv::{self, Operation};
 use async_nats::{Client, ConnectOptions, Event};
 use futures_util::StreamExt;
 use tern_broker::{Broker, Message, CLUSTER_PUBLISHER_PREFIX};
-use tern_proto::{PropertiesBuf, PropertyContext, QoS};
+use tern_proto::{PropertiesBuf, PropertyContext, QoS, ReasonCode};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::StreamMap;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::now;
@@ -67,6 +71,8 @@ pub struct ClusterStatus {
     pub subjects: AtomicUsize,
     /// Retained messages written to or read from the replicated bucket.
     pub retained_synced: AtomicU64,
+    /// Connections closed here because their client connected to another node.
+    pub taken_over: AtomicU64,
     /// The last error, for people.
     pub last_error: Mutex<Option<String>>,
 }
@@ -98,6 +104,13 @@ pub(crate) fn start(
             full.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }));
+    let (connect_tx, connect_rx) = mpsc::unbounded_channel();
+    broker.set_connect_hook(Box::new(move |client_id| {
+        // Bridges' local sessions have the same names on every node and belong to each.
+        if !client_id.starts_with("$bridge/") {
+            let _ = connect_tx.send(client_id.to_string());
+        }
+    }));
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let initial = broker.set_interest(Box::new(move |filter, add| {
         let _ = interest_tx.send((filter.to_string(), add));
@@ -108,7 +121,7 @@ pub(crate) fn start(
         status: status.clone(),
         origin,
     };
-    tasks.spawn(link.run(out_rx, interest_rx, initial, shutdown));
+    tasks.spawn(link.run(out_rx, interest_rx, connect_rx, initial, shutdown));
     status
 }
 
@@ -124,6 +137,7 @@ impl Link {
         self,
         out_rx: mpsc::Receiver<Arc<Message>>,
         interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
+        connect_rx: mpsc::UnboundedReceiver<String>,
         initial: Vec<String>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -145,6 +159,7 @@ impl Link {
                 .receive_loop(client.clone(), interest_rx, initial),
         );
         tasks.spawn(link.clone().retained_loop(client.clone(), retained_rx));
+        tasks.spawn(link.clone().registry_loop(client.clone(), connect_rx));
         let _ = shutdown.changed().await;
         tasks.abort_all();
         let _ = client.flush().await;
@@ -307,23 +322,9 @@ impl Link {
     ) {
         let js = async_nats::jetstream::new(client);
         let bucket = format!("{}_retained", self.config.prefix);
-        let store = loop {
-            let config = kv::Config {
-                bucket: bucket.clone(),
-                description: "tern retained messages, one per topic".into(),
-                history: 1,
-                num_replicas: self.config.replicas,
-                ..kv::Config::default()
-            };
-            match js.create_or_update_key_value(config).await {
-                Ok(store) => break store,
-                Err(e) => {
-                    self.status
-                        .error(format!("the retained bucket {bucket}: {e}; retrying"));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
+        let store = self
+            .bucket(&js, &bucket, "tern retained messages, one per topic")
+            .await;
         let watcher = self.clone();
         let watched = store.clone();
         let watch = tokio::spawn(async move { watcher.watch_retained(watched).await });
@@ -372,6 +373,97 @@ impl Link {
                     .error(format!("watching the retained bucket: {e}")),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The session registry: which node a client identifier last connected to. A node
+    /// records each CONNECT it accepts; when another node records a client later (a higher
+    /// revision), the node that held it closes its connection with Session Taken Over (0x8E),
+    /// as a single broker does when a client connects twice [MQTT-3.1.4-3]. Registering and
+    /// reading the bucket's changes happen in this one task, so a change older than this
+    /// node's own registration of the client (a stale write) is recognised and ignored.
+    async fn registry_loop(
+        self: Arc<Self>,
+        client: Client,
+        mut connect_rx: mpsc::UnboundedReceiver<String>,
+    ) {
+        let js = async_nats::jetstream::new(client);
+        let bucket = format!("{}_sessions", self.config.prefix);
+        let store = self.bucket(&js, &bucket, "tern session owners").await;
+        let mut changes = loop {
+            match store.watch_all().await {
+                Ok(w) => break w,
+                Err(e) => {
+                    self.status
+                        .error(format!("watching {bucket}: {e}; retrying"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        // client id -> revision of this node's newest registration of it.
+        let mut mine: HashMap<String, u64> = HashMap::new();
+        let me = format!("{} {:016x}", self.config.node, self.origin);
+        loop {
+            tokio::select! {
+                id = connect_rx.recv() => {
+                    let Some(id) = id else { return };
+                    match store.put(key_of(&id), me.clone().into()).await {
+                        Ok(revision) => {
+                            debug!(client_id = %id, revision, "cluster: registered");
+                            mine.insert(id, revision);
+                        }
+                        Err(e) => self.status.error(format!("registering {id}: {e}")),
+                    }
+                }
+                entry = changes.next() => {
+                    let Some(Ok(entry)) = entry else {
+                        self.status.error(format!("the watch of {bucket} ended; restarting it"));
+                        match store.watch_all().await {
+                            Ok(w) => changes = w,
+                            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        }
+                        continue;
+                    };
+                    if entry.operation != Operation::Put || entry.value == me.as_bytes() {
+                        continue;
+                    }
+                    let Some(id) = topic_of_key(&entry.key) else { continue };
+                    if mine.get(&id).is_some_and(|&r| r < entry.revision) {
+                        mine.remove(&id);
+                        let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                        let node = owner.split(' ').next().unwrap_or_default();
+                        info!(client_id = %id, node, "cluster: client connected to another node; closing it here");
+                        self.broker.close_client(&id, ReasonCode::SESSION_TAKEN_OVER);
+                        self.status.taken_over.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates (or finds) a key-value bucket, retrying until NATS answers.
+    async fn bucket(
+        &self,
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        description: &str,
+    ) -> kv::Store {
+        loop {
+            let config = kv::Config {
+                bucket: bucket.to_string(),
+                description: description.to_string(),
+                history: 1,
+                num_replicas: self.config.replicas,
+                ..kv::Config::default()
+            };
+            match js.create_or_update_key_value(config).await {
+                Ok(store) => return store,
+                Err(e) => {
+                    self.status
+                        .error(format!("the bucket {bucket}: {e}; retrying"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 

@@ -172,6 +172,7 @@ pub(crate) fn handle_connect(
     let stats = &conn.broker.stats;
     let connected = stats.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
     stats.connects.fetch_add(1, Ordering::Relaxed);
+    conn.broker.connected(&client_id);
     stats
         .clients_maximum
         .fetch_max(connected, Ordering::Relaxed);
