@@ -337,3 +337,31 @@ def test_a_client_connecting_to_another_node_takes_its_session_over(cluster):
         on_c.recv(1)
     on_b.close()
     on_c.close()
+
+
+def test_shared_subscription_is_one_group_across_nodes(cluster):
+    """`$share/workers/jobs/#` with one member on each node: each message goes to exactly one
+    member in the whole cluster [MQTT-4.8.2-3] (NATS queue groups pick the node, the node's
+    group picks the session), a member on the publishing node included; a plain subscriber
+    on the same topics still gets every message."""
+    nodes, _ = cluster
+    members = [Client(nodes[n], f"worker-{n}") for n in "abc"]
+    for m in members:
+        m.subscribe("$share/workers/jobs/#", 1)
+    watcher = Client(nodes["c"], "watcher")
+    watcher.subscribe("jobs/#", 1)
+    pub = Client(nodes["a"], "boss")
+    until_routed(pub, "jobs/probe", [watcher] + members, "warm")
+
+    for i in range(90):
+        pub.publish("jobs/build", f"job {i}".encode(), qos=1)
+    want = [f"job {i}".encode() for i in range(90)]
+    wait_for(lambda: len(watcher.got(b"job ")) >= 90, what="every job on the plain subscriber")
+    wait_for(lambda: sum(len(m.got(b"job ")) for m in members) >= 90, what="every job on a member")
+    time.sleep(0.5)
+    got = sorted((m[1] for w in members for m in w.got(b"job ")), key=lambda p: int(p.split()[1]))
+    assert got == want, "each job exactly once across the group"
+    assert all(m.got(b"job ") for m in members), [len(m.got(b"job ")) for m in members]
+    assert [m[1] for m in watcher.got(b"job ")] == want
+    for c in members + [watcher, pub]:
+        c.close()

@@ -335,15 +335,43 @@ impl Broker {
         if let Some(observe) = self.observer.get() {
             observe(&message);
         }
+        // In cluster mode shared groups span the nodes: NATS picks the node whose member gets
+        // each message (`route_shared`), so neither local publications nor arrivals from
+        // the cluster go to a local group member here. The broker's own `$` topics are never
+        // forwarded and keep their groups local.
+        let mut groups = true;
         if let Some(forward) = self.forwarder.get() {
-            if !message.topic.starts_with('$')
-                && !message.publisher.starts_with(CLUSTER_PUBLISHER_PREFIX)
-            {
-                forward(&message);
+            if !message.topic.starts_with('$') {
+                groups = false;
+                if !message.publisher.starts_with(CLUSTER_PUBLISHER_PREFIX) {
+                    forward(&message);
+                }
             }
         }
         let retain = message.retain && self.limits.retain_available;
-        let matches = self.tree().matches(&message.topic);
+        let matches = self.tree().matches_with(&message.topic, groups);
+        self.deliver(message, matches, retain, journal)
+    }
+
+    /// Delivers a message that came from the cluster for the shared subscription
+    /// `shared_filter` (`$share/<group>/<filter>`) to one member of that group on this node,
+    /// as the member's only copy of it. Returns how many sessions it reached (0 or 1).
+    pub fn route_shared(&self, message: Arc<Message>, shared_filter: &str) -> usize {
+        let member = self.tree().group_member(shared_filter);
+        let mut journal = None;
+        let reached = self.deliver(message, member.into_iter().collect(), false, &mut journal);
+        persist::commit(journal);
+        reached
+    }
+
+    /// Queues `message` for `matches`, one copy per session, retaining it first if `retain`.
+    fn deliver<'s>(
+        &'s self,
+        message: Arc<Message>,
+        matches: Vec<crate::tree::Subscriber>,
+        retain: bool,
+        journal: &mut Option<Journal<'s>>,
+    ) -> usize {
         // Merge overlapping subscriptions per session (section 3.3.4).
         let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::new();
         for sub in matches {

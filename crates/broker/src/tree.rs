@@ -162,12 +162,29 @@ impl SubscriptionTree {
     /// The subscribers `topic` reaches: every plain match, and one member of each matching
     /// shared group (in turn, preferring connected members).
     pub fn matches(&self, topic: &str) -> Vec<Subscriber> {
+        self.matches_with(topic, true)
+    }
+
+    /// [`SubscriptionTree::matches`], with or without the shared groups' members.
+    pub fn matches_with(&self, topic: &str, groups: bool) -> Vec<Subscriber> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = Vec::new();
         // [MQTT-4.7.2-1] wildcards in the first level do not match `$` topics.
         let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, 0, dollar, &mut out);
+        walk(&self.root, &levels, 0, dollar, groups, &mut out);
         out
+    }
+
+    /// The next member of the shared subscription `filter` (`$share/<group>/<filter>`) in
+    /// turn, preferring connected members.
+    pub fn group_member(&self, filter: &str) -> Option<Subscriber> {
+        let filter = TopicFilter::new(filter).ok()?;
+        let (group, inner) = filter.shared()?;
+        let mut node = &self.root;
+        for level in inner.as_str().split('/') {
+            node = node.children.get(level)?;
+        }
+        pick(node.groups.get(group)?)
     }
 }
 
@@ -201,8 +218,11 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, client: &str
     }
 }
 
-fn collect(node: &Node, out: &mut Vec<Subscriber>) {
+fn collect(node: &Node, groups: bool, out: &mut Vec<Subscriber>) {
     out.extend(node.subscribers.values().cloned());
+    if !groups {
+        return;
+    }
     for group in node.groups.values() {
         if let Some(member) = pick(group) {
             out.push(member);
@@ -225,20 +245,27 @@ fn pick(group: &Group) -> Option<Subscriber> {
         .cloned()
 }
 
-fn walk(node: &Node, levels: &[&str], depth: usize, dollar: bool, out: &mut Vec<Subscriber>) {
+fn walk(
+    node: &Node,
+    levels: &[&str],
+    depth: usize,
+    dollar: bool,
+    groups: bool,
+    out: &mut Vec<Subscriber>,
+) {
     let wild_ok = !(depth == 0 && dollar);
     if let (true, Some(hash)) = (wild_ok, node.children.get("#")) {
         // `#` matches the parent level and everything under it [4.7.1.2].
-        collect(hash, out);
+        collect(hash, groups, out);
     }
     let Some((level, rest)) = levels.split_first() else {
-        collect(node, out);
+        collect(node, groups, out);
         return;
     };
     if let Some(child) = node.children.get(*level) {
-        walk(child, rest, depth + 1, dollar, out);
+        walk(child, rest, depth + 1, dollar, groups, out);
     }
     if let (true, Some(plus)) = (wild_ok, node.children.get("+")) {
-        walk(plus, rest, depth + 1, dollar, out);
+        walk(plus, rest, depth + 1, dollar, groups, out);
     }
 }

@@ -21,9 +21,14 @@
 //!   identifier to the node it last connected to; the node that held it before closes its
 //!   connection with Session Taken Over (`registry_loop`).
 //!
+//! - **shared subscriptions**: each `$share/<group>/<filter>` with local members is a NATS
+//!   queue subscription (on a second connection, without `no_echo`), so NATS picks one node
+//!   per message and the node's group one member (`Broker::route_shared`); the broker then
+//!   never gives local publications to local group members directly.
+//!
 //! What this does not do yet (docs/cluster.md): moving a persistent session's state to the
 //! node a client moves to, QoS 1/2 guarantees across node failures (a message crosses the
-//! cluster at most once: core NATS), shared subscriptions as one group across nodes.
+//! cluster at most once: core NATS).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -142,11 +147,13 @@ impl Link {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let link = Arc::new(self);
-        let client = tokio::select! {
-            c = link.connect() => c,
+        let clients = tokio::select! {
+            c = async { (link.connect(false).await, link.connect(true).await) } => c,
             _ = shutdown.changed() => return,
         };
-        let Some(client) = client else { return };
+        let (Some(client), Some(groups_client)) = clients else {
+            return;
+        };
         info!(node = %link.config.node, urls = ?link.config.nats_urls, "cluster: connected to NATS");
         let (retained_tx, retained_rx) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
@@ -154,10 +161,12 @@ impl Link {
             link.clone()
                 .publish_loop(client.clone(), out_rx, retained_tx),
         );
-        tasks.spawn(
-            link.clone()
-                .receive_loop(client.clone(), interest_rx, initial),
-        );
+        tasks.spawn(link.clone().receive_loop(
+            client.clone(),
+            groups_client.clone(),
+            interest_rx,
+            initial,
+        ));
         tasks.spawn(link.clone().retained_loop(client.clone(), retained_rx));
         tasks.spawn(link.clone().registry_loop(client.clone(), connect_rx));
         let _ = shutdown.changed().await;
@@ -165,11 +174,17 @@ impl Link {
         let _ = client.flush().await;
     }
 
-    async fn connect(&self) -> Option<Client> {
+    /// A connection to NATS. The main one has `no_echo` (a node never gets its own
+    /// publications back); the one for shared subscriptions' queue groups must get them, since
+    /// the member NATS picks for a message may be on the node that published it.
+    async fn connect(&self, echo: bool) -> Option<Client> {
         let status = self.status.clone();
         let mut options = ConnectOptions::new()
-            .name(format!("tern {}", self.config.node))
-            .no_echo()
+            .name(format!(
+                "tern {}{}",
+                self.config.node,
+                if echo { " groups" } else { "" }
+            ))
             .retry_on_initial_connect()
             .subscription_capacity(SEEN_WINDOW)
             .event_callback(move |event| {
@@ -195,6 +210,9 @@ impl Link {
         }
         if let Some(ca) = &self.config.ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if !echo {
+            options = options.no_echo();
         }
         match options.connect(self.config.nats_urls.clone()).await {
             Ok(client) => Some(client),
@@ -233,83 +251,113 @@ impl Link {
         }
     }
 
-    /// Keeps one NATS subscription per subject the local filters need and routes what
-    /// arrives.
+    /// Keeps one NATS subscription per subject the local filters need, and one queue
+    /// subscription per shared subscription, and routes what arrives.
     async fn receive_loop(
         self: Arc<Self>,
         client: Client,
+        groups_client: Client,
         mut interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
         initial: Vec<String>,
     ) {
-        let mut subscriptions: StreamMap<String, async_nats::Subscriber> = StreamMap::new();
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut subs = Subscriptions {
+            client,
+            groups_client,
+            map: StreamMap::new(),
+            counts: HashMap::new(),
+        };
         let mut seen = Seen::default();
         for filter in initial {
-            self.interest(&client, &mut subscriptions, &mut counts, &filter, true)
-                .await;
+            self.interest(&mut subs, &filter, true).await;
         }
         loop {
             tokio::select! {
                 change = interest_rx.recv() => {
                     let Some((filter, add)) = change else { return };
-                    self.interest(&client, &mut subscriptions, &mut counts, &filter, add).await;
+                    self.interest(&mut subs, &filter, add).await;
                 }
-                Some((_, m)) = subscriptions.next(), if !subscriptions.is_empty() => {
-                    self.arrived(&m.payload, &mut seen);
+                Some((key, m)) = subs.map.next(), if !subs.map.is_empty() => {
+                    self.arrived(&key, &m.payload, &mut seen);
                 }
             }
         }
     }
 
-    async fn interest(
-        &self,
-        client: &Client,
-        subscriptions: &mut StreamMap<String, async_nats::Subscriber>,
-        counts: &mut HashMap<String, usize>,
-        filter: &str,
-        add: bool,
-    ) {
+    async fn interest(&self, subs: &mut Subscriptions, filter: &str, add: bool) {
+        let shared = filter.starts_with("$share/");
         for subject in subjects_of(&self.config.prefix, filter) {
-            if add {
-                let n = counts.entry(subject.clone()).or_default();
+            if shared {
+                // Each shared subscription is its own queue group on its own subjects: NATS
+                // gives each message to one member node, whose group picks one session.
+                let key = Key::Share {
+                    filter: filter.to_string(),
+                    subject: subject.clone(),
+                };
+                if add {
+                    let queue = queue_of(filter);
+                    match subs
+                        .groups_client
+                        .queue_subscribe(subject.clone(), queue)
+                        .await
+                    {
+                        Ok(s) => {
+                            subs.map.insert(key, s);
+                        }
+                        Err(e) => self.status.error(format!("subscribing to {subject}: {e}")),
+                    }
+                } else {
+                    subs.map.remove(&key);
+                }
+            } else if add {
+                let n = subs.counts.entry(subject.clone()).or_default();
                 *n += 1;
                 if *n == 1 {
-                    match client.subscribe(subject.clone()).await {
+                    match subs.client.subscribe(subject.clone()).await {
                         Ok(s) => {
-                            subscriptions.insert(subject, s);
+                            subs.map.insert(Key::Subject(subject), s);
                         }
                         Err(e) => self.status.error(format!("subscribing to {subject}: {e}")),
                     }
                 }
-            } else if let Some(n) = counts.get_mut(&subject) {
+            } else if let Some(n) = subs.counts.get_mut(&subject) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.remove(&subject);
+                    subs.counts.remove(&subject);
                     // Dropping the subscriber unsubscribes it.
-                    subscriptions.remove(&subject);
+                    subs.map.remove(&Key::Subject(subject));
                 }
             }
         }
         self.status
             .subjects
-            .store(subscriptions.len(), Ordering::Relaxed);
+            .store(subs.map.len(), Ordering::Relaxed);
     }
 
-    fn arrived(&self, payload: &[u8], seen: &mut Seen) {
+    fn arrived(&self, key: &Key, payload: &[u8], seen: &mut Seen) {
         let Some(envelope) = Envelope::decode(payload) else {
             self.status
                 .error("a message on the cluster's subjects is not tern's".into());
             return;
         };
-        if envelope.origin == self.origin {
-            return;
+        match key {
+            Key::Share { filter, .. } => {
+                // One queue subscription per shared subscription, and a message matches only
+                // one of its subjects: no copies to drop. It may come from this node.
+                let message = envelope.into_message(now(), 0);
+                self.broker.route_shared(Arc::new(message), filter);
+            }
+            Key::Subject(_) => {
+                if envelope.origin == self.origin {
+                    return;
+                }
+                if !seen.first(envelope.origin, envelope.seq) {
+                    self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let message = envelope.into_message(now(), 0);
+                self.broker.route(Arc::new(message));
+            }
         }
-        if !seen.first(envelope.origin, envelope.seq) {
-            self.status.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let message = envelope.into_message(now(), 0);
-        self.broker.route(Arc::new(message));
         self.status.forwarded_in.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -500,6 +548,37 @@ impl Link {
         self.status.retained_synced.fetch_add(1, Ordering::Relaxed);
         self.broker.set_retained(Arc::new(message));
     }
+}
+
+/// What a NATS subscription of the node is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// A subject some local filters need (reference counted in `Subscriptions::counts`).
+    Subject(String),
+    /// One subject of a shared subscription (`$share/<group>/<filter>`), in its queue group.
+    Share { filter: String, subject: String },
+}
+
+/// The node's NATS subscriptions, merged into one stream.
+struct Subscriptions {
+    client: Client,
+    groups_client: Client,
+    map: StreamMap<Key, async_nats::Subscriber>,
+    counts: HashMap<String, usize>,
+}
+
+/// The NATS queue group of a shared subscription: its group name and its filter, each as one
+/// token (every `/` escaped), joined by `==`, which no token contains.
+fn queue_of(shared_filter: &str) -> String {
+    let rest = shared_filter
+        .strip_prefix("$share/")
+        .unwrap_or(shared_filter);
+    let (group, filter) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut out = String::new();
+    token(group, &mut out);
+    out.push_str("==");
+    token(filter, &mut out);
+    out
 }
 
 /// The (origin, sequence) pairs routed lately.
@@ -736,6 +815,13 @@ mod tests {
         assert_eq!(subjects_of("t", "+/#"), ["t.*", "t.*.>"]);
         assert_eq!(subjects_of("t", "$share/g/a/#"), ["t.a", "t.a.>"]);
         assert_eq!(subjects_of("t", "a//b"), ["t.a.=.b"]);
+    }
+
+    #[test]
+    fn each_shared_subscription_has_its_own_queue_group() {
+        assert_eq!(queue_of("$share/g/a/+"), "g==a=2F=2B");
+        assert_ne!(queue_of("$share/a-b/c"), queue_of("$share/a/b-c"));
+        assert_ne!(queue_of("$share/g/a/#"), queue_of("$share/h/a/#"));
     }
 
     #[test]
