@@ -216,6 +216,15 @@ def test_publish_on_one_node_reaches_subscribers_on_the_others(cluster):
     wait_for(lambda: c_local.got(b"once"), what="the local copy")
     time.sleep(0.5)
     assert len(c_local.got(b"once")) == 1
+    # The link's figures on /metrics: a published on NATS, b routed what came in.
+    def metric(node, name):
+        text = urllib.request.urlopen(f"{node.console_url}/metrics", timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    assert metric(nodes["a"], "tern_cluster_connected") == 1
+    assert metric(nodes["a"], 'tern_cluster_messages_total{direction="out"}') >= 90
+    assert metric(nodes["b"], 'tern_cluster_messages_total{direction="in"}') >= 90
+    assert metric(nodes["b"], "tern_cluster_subscriptions") >= 1
     for c in (b_sub, c_sub, pub, a_sub, c_pub, c_local):
         c.close()
 

@@ -164,7 +164,10 @@ impl Server {
         // Before the first listener: every message published here must reach the cluster.
         let cluster = config.cluster.as_ref().map(|c| {
             info!(node = %c.node, urls = ?c.nats_urls, "cluster mode");
-            cluster::start(broker.clone(), c.clone(), shutdown.subscribe(), &mut tasks)
+            let status =
+                cluster::start(broker.clone(), c.clone(), shutdown.subscribe(), &mut tasks);
+            let _ = ctx.metrics.cluster.set(status.clone());
+            status
         });
         let mut addrs = Vec::new();
         let mut certs = Vec::new();

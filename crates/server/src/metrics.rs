@@ -76,6 +76,8 @@ pub struct Metrics {
     /// Time the broker spends handling one PUBLISH (routing and queueing included, waiting
     /// for the disk not included).
     pub publish_handling: Histogram,
+    /// The cluster link's figures, in cluster mode.
+    pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::ClusterStatus>>,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -389,6 +391,75 @@ pub(crate) fn render(
                 load(&b.errors),
             );
         }
+    }
+    if let Some(c) = metrics.cluster.get() {
+        family(
+            &mut out,
+            "tern_cluster_connected",
+            "gauge",
+            "1 while this node is connected to NATS.",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_connected",
+            "",
+            u8::from(c.connected.load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "tern_cluster_messages_total",
+            "counter",
+            "Messages exchanged with the other nodes (out: published on NATS; in: routed here).",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_messages_total",
+            "direction=\"out\"",
+            load(&c.forwarded_out),
+        );
+        sample(
+            &mut out,
+            "tern_cluster_messages_total",
+            "direction=\"in\"",
+            load(&c.forwarded_in),
+        );
+        for (name, help, value) in [
+            (
+                "tern_cluster_dropped_total",
+                "Messages not forwarded to the cluster (queue full or NATS refused them).",
+                load(&c.dropped),
+            ),
+            (
+                "tern_cluster_duplicates_total",
+                "Extra copies of a message from NATS dropped on arrival.",
+                load(&c.duplicates),
+            ),
+            (
+                "tern_cluster_retained_synced_total",
+                "Retained messages written to or applied from the replicated bucket.",
+                load(&c.retained_synced),
+            ),
+            (
+                "tern_cluster_taken_over_total",
+                "Connections closed here because their client connected to another node.",
+                load(&c.taken_over),
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, "", value);
+        }
+        family(
+            &mut out,
+            "tern_cluster_subscriptions",
+            "gauge",
+            "NATS subscriptions this node holds for its local filters.",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_subscriptions",
+            "",
+            c.subjects.load(Ordering::Relaxed),
+        );
     }
     metrics.publish_handling.render(
         &mut out,
