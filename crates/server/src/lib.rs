@@ -518,7 +518,9 @@ async fn accept_loop(
     per_address: usize,
 ) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut connections = JoinSet::new();
+    // A tracker counts the connections' tasks without keeping a handle per connection (a
+    // `JoinSet` entry is another allocation for every idle client).
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -534,11 +536,11 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
-    while connections.join_next().await.is_some() {}
+    connections.close();
+    connections.wait().await;
 }
 
 /// Completes the TLS and WebSocket handshakes (within the CONNECT deadline), then serves.
