@@ -178,7 +178,9 @@ impl Conn {
             version: s.version,
             // 3.1.1 keeps a session only with Clean Session 0; MQTT 5 by its expiry.
             clean_start: !s.persistent || s.version.is_v5(),
-            keep_alive: 0,
+            // Not 0 (no keep alive): some brokers (rumqttd) refuse it. Runs and held
+            // connections last less than this, so no PINGREQ is needed.
+            keep_alive: 600,
             properties: Properties {
                 session_expiry_interval: (s.persistent && s.version.is_v5()).then_some(300),
                 ..Properties::default()
