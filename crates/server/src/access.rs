@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -96,6 +97,14 @@ pub struct UsersFile {
 }
 
 impl UsersFile {
+    /// No users and no rules: everyone may do everything.
+    fn is_unrestricted(&self) -> bool {
+        self.users.is_empty()
+            && self.rules.is_empty()
+            && self.anonymous_rules.is_empty()
+            && self.clients.is_empty()
+    }
+
     /// Reads the file; a missing file is an empty one.
     pub fn load(path: &Path) -> Result<UsersFile, String> {
         let text = match fs::read_to_string(path) {
@@ -309,6 +318,9 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(300);
 pub struct FileAccess {
     path: PathBuf,
     current: RwLock<(Arc<UsersFile>, Option<SystemTime>)>,
+    /// Whether the current file has no users and no rules, so everything is allowed: the
+    /// publish path asks for every message and every subscriber, and then need not look.
+    unrestricted: AtomicBool,
     failures: Mutex<HashMap<IpAddr, Failures>>,
     /// Held while the file is changed through [`FileAccess::edit`], so two edits do not race.
     editing: Mutex<()>,
@@ -324,6 +336,7 @@ impl FileAccess {
         let stamp = modified(path);
         Ok(Arc::new(FileAccess {
             path: path.to_owned(),
+            unrestricted: AtomicBool::new(file.is_unrestricted()),
             current: RwLock::new((Arc::new(file), stamp)),
             failures: Mutex::new(HashMap::new()),
             editing: Mutex::new(()),
@@ -369,8 +382,10 @@ impl FileAccess {
         match UsersFile::load(&self.path) {
             Ok(file) => {
                 let users = file.users.len();
+                let unrestricted = file.is_unrestricted();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) =
                     (Arc::new(file), modified(&self.path));
+                self.unrestricted.store(unrestricted, Ordering::Release);
                 info!(file = %self.path.display(), users, "users and permissions reloaded");
             }
             Err(e) => warn!(error = %e, "users file not reloaded; keeping the current rules"),
@@ -482,7 +497,8 @@ impl AccessControl for FileAccess {
     }
 
     fn may_publish(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        is_bridge(username)
+        self.unrestricted.load(Ordering::Acquire)
+            || is_bridge(username)
             || self
                 .file()
                 .decide(client_id, username, Action::Publish, topic, Test::Matches)
@@ -496,7 +512,8 @@ impl AccessControl for FileAccess {
     }
 
     fn may_receive(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        is_bridge(username)
+        self.unrestricted.load(Ordering::Acquire)
+            || is_bridge(username)
             || self
                 .file()
                 .decide(client_id, username, Action::Subscribe, topic, Test::Matches)

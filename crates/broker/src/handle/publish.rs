@@ -178,6 +178,10 @@ fn resolve_topic(broker: &Broker, a: &mut Attached, p: &Publish<'_>) -> Result<A
 /// The properties a subscriber receives: all but Topic Alias (per connection) and Subscription
 /// Identifiers (per subscriber) [MQTT-3.3.4-3]; Message Expiry is rewritten at delivery.
 fn forwarded_properties(p: &Properties<'_>) -> PropertiesBuf {
+    // Most publications (every 3.1.1 one) carry nothing subscribers receive: no encoding.
+    if p.is_empty() {
+        return PropertiesBuf::default();
+    }
     let kept = Properties {
         topic_alias: None,
         subscription_identifiers: SubscriptionIds::default(),
