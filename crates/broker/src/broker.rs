@@ -372,8 +372,14 @@ impl Broker {
         retain: bool,
         journal: &mut Option<Journal<'s>>,
     ) -> usize {
-        // Merge overlapping subscriptions per session (section 3.3.4).
-        let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::new();
+        // Merge overlapping subscriptions per session (section 3.3.4). Finding a session's
+        // entry is a scan while there are few, and an index by session beyond that: a scan
+        // per subscriber made a fan-out to n sessions cost n² comparisons.
+        const SCAN: usize = 16;
+        let total = matches.len();
+        let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::with_capacity(total);
+        let mut index: HashMap<*const Session, usize, foldhash::fast::RandomState> =
+            HashMap::default();
         for sub in matches {
             if sub.options.no_local && sub.session.client_id == message.publisher {
                 continue;
@@ -388,27 +394,46 @@ impl Broker {
             let qos = message.qos.min(sub.options.qos);
             // [MQTT-3.3.1-12] without Retain As Published, forwarded messages have RETAIN 0.
             let retain = sub.options.retain_as_published && message.retain;
-            match per_session
-                .iter_mut()
-                .find(|(s, _)| Arc::ptr_eq(s, &sub.session))
-            {
+            let key = Arc::as_ptr(&sub.session);
+            let found = if per_session.len() < SCAN {
+                per_session
+                    .iter()
+                    .position(|(s, _)| Arc::ptr_eq(s, &sub.session))
+            } else {
+                if index.is_empty() {
+                    index.reserve(total);
+                    index.extend(
+                        per_session
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (s, _))| (Arc::as_ptr(s), i)),
+                    );
+                }
+                index.get(&key).copied()
+            };
+            match found.map(|i| &mut per_session[i]) {
                 Some((_, out)) => {
                     out.qos = out.qos.max(qos);
                     out.retain |= retain;
                     out.subscription_ids.extend(sub.id);
                 }
-                None => per_session.push((
-                    sub.session.clone(),
-                    Outgoing {
-                        message: message.clone(),
-                        qos,
-                        retain,
-                        subscription_ids: sub.id.into_iter().collect(),
-                        via_share: sub.share.clone(),
-                        seq: 0,
-                        offloaded: false,
-                    },
-                )),
+                None => {
+                    if !index.is_empty() {
+                        index.insert(key, per_session.len());
+                    }
+                    per_session.push((
+                        sub.session.clone(),
+                        Outgoing {
+                            message: message.clone(),
+                            qos,
+                            retain,
+                            subscription_ids: sub.id.into_iter().collect(),
+                            via_share: sub.share.clone(),
+                            seq: 0,
+                            offloaded: false,
+                        },
+                    ));
+                }
             }
         }
         let reached = per_session.len();

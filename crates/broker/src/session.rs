@@ -330,10 +330,15 @@ impl Session {
             out.seq = journal.next_id();
             journal.enqueue(&self.client_id, &out);
         }
+        // Only the first message of an empty queue wakes the connection: while the queue is
+        // not empty, a wake-up is pending or the connection waits for acknowledgements to
+        // free its window (and flushes when they come). Waking a thousand subscribers for
+        // every message of a fan-out was a sixth of the broker's time.
+        let was_empty = state.queue.is_empty();
         state.queue.push_back(out);
         let connected = state.owner.is_some();
         drop(state);
-        if connected {
+        if connected && was_empty {
             self.wake.notify_one();
         }
         true
