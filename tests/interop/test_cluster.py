@@ -348,6 +348,103 @@ def test_a_client_connecting_to_another_node_takes_its_session_over(cluster):
     on_c.close()
 
 
+def metric(node, name):
+    text = urllib.request.urlopen(f"{node.console_url}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["3.1.1", "5"])
+def test_a_persistent_session_moves_with_its_client(cluster, version):
+    """A client with a persistent session (3.1.1 Clean Session 0; 5 with a Session Expiry
+    Interval) subscribes on node a and goes offline; QoS 1 messages published on node c are
+    queued for it on a [MQTT-3.1.2-5]. It reconnects to node b: b takes the session over from
+    a, so the CONNACK says Session Present [MQTT-3.2.2-2] and the client gets every queued
+    message once, in order, at QoS 1 [MQTT-4.6.0-6], then new messages through its moved
+    subscription; a keeps nothing of it."""
+    nodes, _ = cluster
+    tag = "v5" if version == mqtt.MQTTv5 else "v311"
+    topic = f"moved/{tag}"
+    got, present = [], []
+
+    def connect(node):
+        kwargs = {"clean_session": False} if version == mqtt.MQTTv311 else {}
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"traveller-{tag}",
+                        protocol=version, **kwargs)
+        c.on_message = lambda cl, u, m: got.append((m.payload, m.qos))
+        done = threading.Event()
+
+        def on_connect(cl, u, flags, rc, props):
+            present.append(flags.session_present)
+            done.set()
+
+        c.on_connect = on_connect
+        if version == mqtt.MQTTv5:
+            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 300
+            c.connect("127.0.0.1", node.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            c.connect("127.0.0.1", node.port, keepalive=30)
+        c.loop_start()
+        assert done.wait(10), "no CONNACK"
+        return c
+
+    sub = connect(nodes["a"])
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(f"{topic}/#", 1)
+    assert subscribed.wait(10)
+    pub = Client(nodes["c"], f"pub-{tag}")
+    n = 0
+
+    def routed():
+        nonlocal n
+        n += 1
+        pub.publish(f"{topic}/probe", f"probe {n}".encode())
+        time.sleep(0.05)
+        return any(p.startswith(b"probe") for p, _ in got)
+
+    wait_for(routed, timeout=20, what="c's messages to reach a")
+    sub.disconnect()
+    sub.loop_stop()
+    before = metric(nodes["a"], 'tern_cluster_messages_total{direction="in"}')
+    want = [f"queued {i}".encode() for i in range(20)]
+    for payload in want:
+        pub.publish(f"{topic}/x", payload, qos=1)
+    wait_for(lambda: metric(nodes["a"], 'tern_cluster_messages_total{direction="in"}') >= before + 20,
+             what="the queued messages to reach a")
+
+    sub = connect(nodes["b"])
+    assert present[-1] is True or present[-1] == 1, "b must resume the session a held"
+    wait_for(lambda: len([p for p, _ in got if p.startswith(b"queued")]) >= 20,
+             what="the messages queued on a, delivered by b")
+    queued = [(p, q) for p, q in got if p.startswith(b"queued")]
+    assert queued == [(p, 1) for p in want], "each queued message once, in order, at QoS 1"
+    assert "session handed to another node" in nodes["a"].log()
+    assert "session taken over from another node" in nodes["b"].log()
+    assert metric(nodes["b"], 'tern_cluster_sessions_moved_total{direction="in"}') >= 1
+
+    # The subscription moved too: new messages reach the client on b.
+    wait_for(lambda: pub.publish(f"{topic}/x", b"after") or any(p == b"after" for p, _ in got),
+             timeout=20, what="a message through the moved subscription")
+    sub.disconnect()
+    sub.loop_stop()
+    # Back on a: the session comes back from b with what b queued meanwhile.
+    after = len(got)
+    b_before = metric(nodes["b"], 'tern_cluster_messages_total{direction="in"}')
+    pub.publish(f"{topic}/x", b"while away again", qos=1)
+    wait_for(lambda: metric(nodes["b"], 'tern_cluster_messages_total{direction="in"}') > b_before,
+             what="the message to reach b")
+    sub = connect(nodes["a"])
+    assert present[-1] is True or present[-1] == 1, "a must resume the session b held"
+    wait_for(lambda: any(p == b"while away again" for p, _ in got[after:]),
+             what="the message queued on b, delivered by a")
+    sub.disconnect()
+    sub.loop_stop()
+    pub.close()
+
+
 def test_shared_subscription_is_one_group_across_nodes(cluster):
     """`$share/workers/jobs/#` with one member on each node: each message goes to exactly one
     member in the whole cluster [MQTT-4.8.2-3] (NATS queue groups pick the node, the node's

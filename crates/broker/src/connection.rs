@@ -177,6 +177,11 @@ impl Connection {
         self.authentication = Some(outcome);
     }
 
+    /// Whether the CONNECT about to be handled was authenticated successfully.
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.authentication, Some(Ok(_)))
+    }
+
     /// The version to decode the next packet in (3.1.1 until CONNECT says otherwise; CONNECT
     /// itself decodes in the version it announces).
     pub fn version(&self) -> ProtocolVersion {
@@ -366,7 +371,9 @@ impl Connection {
             }
         };
         persist::commit(journal);
-        if how != End::Shutdown {
+        // A session another connection (or node) took over keeps its messages: handing them
+        // to another member as well would deliver them twice.
+        if how != End::Shutdown && expiry.is_some() {
             self.broker.hand_over_shared(&a.session);
         }
         if expiry == Some(0) {

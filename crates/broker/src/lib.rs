@@ -15,6 +15,7 @@ mod config;
 mod connection;
 mod handle;
 mod message;
+mod migrate;
 mod persist;
 #[cfg(test)]
 mod persist_tests;
@@ -30,5 +31,6 @@ pub use broker::{
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;
+pub use migrate::MoveError;
 pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Subscriber, SubscriptionTree};

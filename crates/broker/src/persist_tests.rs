@@ -336,3 +336,117 @@ proptest! {
         prop_assert_eq!(before, after);
     }
 }
+
+/// What a client sees of its session, wherever it is: subscriptions, what waits for it and
+/// what is in flight, by content (store entry numbers differ between nodes).
+fn client_view(broker: &Broker, client: &str) -> Option<String> {
+    let session = broker.session(client)?;
+    let state = session.lock();
+    let mut subs: Vec<_> = state
+        .subscriptions
+        .iter()
+        .map(|(f, (o, id))| (f.clone(), o.to_byte(), *id))
+        .collect();
+    subs.sort();
+    let describe = |o: &crate::session::Outgoing| {
+        format!(
+            "{}:{}:{:?}:{}",
+            o.message.topic,
+            String::from_utf8_lossy(&o.message.payload),
+            o.qos,
+            o.retain
+        )
+    };
+    let queued: Vec<String> = state.queue.iter().map(describe).collect();
+    let inflight: Vec<String> = state
+        .inflight
+        .iter()
+        .map(|(id, e)| match e {
+            Inflight::Publish(o) => format!("{id} {}", describe(o)),
+            Inflight::Release { .. } => format!("{id} released"),
+        })
+        .collect();
+    let mut incoming: Vec<u16> = state.incoming_qos2.iter().copied().collect();
+    incoming.sort();
+    Some(format!(
+        "expiry {} version {:?} subs {subs:?} queued {queued:?} inflight {inflight:?} incoming {incoming:?}",
+        state.expiry_interval, state.version
+    ))
+}
+
+fn broker_with_store(dir: &std::path::Path, now: Instant) -> Arc<Broker> {
+    let (store, _, _) = Store::open(dir, Options::default()).expect("store opens");
+    Broker::with_store(
+        Limits::default(),
+        Arc::new(AllowAll),
+        now,
+        Some(Arc::new(store)),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A session moved to another node (cluster mode) is the session the client left: the
+    /// same subscriptions, queue, in-flight messages and QoS 2 state [MQTT-4.1.0-1]; it is
+    /// gone from the first node, store included; and the second node's store replays it.
+    #[test]
+    fn a_moved_session_is_the_session_the_client_left(ops in proptest::collection::vec(op(), 1..80)) {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("folder"), tempfile::tempdir().expect("folder"));
+        let now = Instant::now();
+        let a = broker_with_store(dir_a.path(), now);
+        let b = broker_with_store(dir_b.path(), now);
+        let mut run = Run { broker: a.clone(), conns: (0..3).map(|_| None).collect(), names: (0..3).map(|i| format!("c{i}")).collect() };
+        for op in &ops {
+            run.apply(op, now);
+        }
+        for c in 0..3 {
+            let name = format!("c{c}");
+            let before = client_view(&a, &name).filter(|_| {
+                a.session(&name).is_some_and(|s| s.lock().expiry_interval > 0)
+            });
+            let bytes = a.export_session(&name, now);
+            prop_assert!(a.session(&name).is_none());
+            prop_assert_eq!(bytes.is_some(), before.is_some());
+            if let Some(bytes) = bytes {
+                b.import_session(&name, &bytes, now).expect("imports");
+                prop_assert_eq!(client_view(&b, &name), before);
+            }
+            // The connection that held it ends without touching the moved session.
+            if let Some(mut conn) = run.conns[c].take() {
+                conn.end(End::Lost, now);
+            }
+        }
+        prop_assert_eq!(a.session_count(), 0);
+        prop_assert_eq!(a.subscription_count(), 0);
+        let moved = persistent_state(&b);
+        for broker in [a, b] {
+            broker.store().expect("a store").close();
+        }
+        drop(run);
+        let (store, recovered, _) = Store::open(dir_a.path(), Options::default()).expect("store opens again");
+        let again = Broker::with_store(Limits::default(), Arc::new(AllowAll), now, Some(Arc::new(store)));
+        again.restore(recovered, now);
+        prop_assert_eq!(again.session_count(), 0);
+        let (store, recovered, _) = Store::open(dir_b.path(), Options::default()).expect("store opens again");
+        let again = Broker::with_store(Limits::default(), Arc::new(AllowAll), now, Some(Arc::new(store)));
+        again.restore(recovered, now);
+        prop_assert_eq!(persistent_state(&again), moved);
+    }
+}
+
+#[test]
+fn malformed_session_bytes_are_refused() {
+    let broker = Broker::new(Limits::default(), Instant::now());
+    for bytes in [
+        &b""[..],
+        &[1, 9][..],
+        &[1, 4, 0, 0, 0, 0, 0, 255, 255, 255, 255][..],
+    ] {
+        assert_eq!(
+            broker.import_session("c", bytes, Instant::now()),
+            Err(crate::MoveError::Malformed)
+        );
+    }
+    assert_eq!(broker.session_count(), 0);
+}

@@ -16,6 +16,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
 use crate::access::FileAccess;
+use crate::cluster::SessionMover;
 use crate::metrics::Metrics;
 use crate::now;
 use crate::transport::Transport;
@@ -35,6 +36,8 @@ pub(crate) struct Context {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// What the server counts (refused logins, handling time).
     pub(crate) metrics: Arc<Metrics>,
+    /// In cluster mode: brings a client's session from the node it used before.
+    pub(crate) sessions: Option<Arc<SessionMover>>,
 }
 
 /// A token bucket per client: messages and bytes per second, a second's worth of burst.
@@ -306,6 +309,10 @@ async fn handle_input(
                         // Boxed: it runs once per connection, and its state (a login delay,
                         // a blocking task) would otherwise enlarge every idle connection.
                         Box::pin(authenticate(ctx, ip, conn, credentials)).await;
+                        // Only an authenticated client may have its session brought here.
+                        if let (Some(mover), true) = (&ctx.sessions, conn.is_authenticated()) {
+                            Box::pin(mover.claim(c.client_id, c.clean_start)).await;
+                        }
                         None
                     }
                     _ => None,

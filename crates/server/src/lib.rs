@@ -169,7 +169,7 @@ impl Server {
         let wills = recovered.map_or_else(Vec::new, |r| broker.restore(r, now()));
         let (shutdown, _) = watch::channel(false);
         let limits = &config.limits;
-        let ctx = Context {
+        let mut ctx = Context {
             broker: broker.clone(),
             users: users.clone(),
             connect_timeout: Duration::from_secs(limits.connect_timeout),
@@ -177,15 +177,17 @@ impl Server {
             max_bandwidth: limits.max_bandwidth,
             shutdown: shutdown.subscribe(),
             metrics: Arc::new(metrics::Metrics::default()),
+            sessions: None,
         };
         let counts = Arc::new(AddressCounts::default());
         let mut tasks = JoinSet::new();
         // Before the first listener: every message published here must reach the cluster.
         let cluster = config.cluster.as_ref().map(|c| {
             info!(node = %c.node, urls = ?c.nats_urls, "cluster mode");
-            let status =
+            let (status, mover) =
                 cluster::start(broker.clone(), c.clone(), shutdown.subscribe(), &mut tasks);
             let _ = ctx.metrics.cluster.set(status.clone());
+            ctx.sessions = Some(mover);
             status
         });
         let mut addrs = Vec::new();

@@ -423,6 +423,24 @@ pub(crate) fn render(
             "direction=\"in\"",
             load(&c.forwarded_in),
         );
+        family(
+            &mut out,
+            "tern_cluster_sessions_moved_total",
+            "counter",
+            "Persistent sessions taken over from another node (in) or handed to one (out).",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_sessions_moved_total",
+            "direction=\"out\"",
+            load(&c.sessions_moved_out),
+        );
+        sample(
+            &mut out,
+            "tern_cluster_sessions_moved_total",
+            "direction=\"in\"",
+            load(&c.sessions_moved_in),
+        );
         for (name, help, value) in [
             (
                 "tern_cluster_dropped_total",

@@ -1,0 +1,467 @@
+//! Moving a persistent session between cluster nodes: taking it out of this broker as bytes
+//! ([`Broker::export_session`]) and turning those bytes back into a session on the node the
+//! client moved to ([`Broker::import_session`]).
+//!
+//! What moves is everything [MQTT-4.1.0-1] says a session is on the server: its
+//! subscriptions, the QoS 1/2 messages sent and not yet acknowledged (with their packet ids,
+//! so the client's view of them stays valid), the messages queued and not yet sent, and the
+//! QoS 2 packet ids received and not yet released. A pending will does not move: the client
+//! has connected again, which cancels it [MQTT-3.1.3-9].
+//!
+//! Bytes: a format byte, then integers little-endian and fixed width; strings and byte
+//! strings as a `u32` length and the bytes; an optional value as a `0`/`1` byte and the value.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tern_proto::{PropertiesBuf, PropertyContext, ProtocolVersion, QoS, ReasonCode};
+use tern_store::Record;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::persist;
+use crate::session::{Inflight, Outgoing, Session};
+use crate::tree::Subscriber;
+
+const FORMAT: u8 = 1;
+
+/// The connection id a moved session is left owned by: no connection has it, so the
+/// connection that held the session ends without touching it and a delayed will waiting for
+/// it is not published.
+const MOVED: u64 = u64::MAX;
+
+/// Why a session could not be taken out or put in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveError {
+    /// The bytes are not a session this version writes.
+    Malformed,
+    /// A connection holds the client's session here; it must end first.
+    Attached,
+}
+
+impl std::fmt::Display for MoveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MoveError::Malformed => "the session's bytes are malformed",
+            MoveError::Attached => "a connection holds the session here",
+        })
+    }
+}
+
+impl std::error::Error for MoveError {}
+
+impl Broker {
+    /// Takes `client_id`'s session out of this broker because the client connected to
+    /// another node: a connection holding it is closed with Session Taken Over (0x8E)
+    /// [MQTT-3.1.4-3], the session leaves the registry, the subscription tree and the store,
+    /// and its state is returned as bytes for [`Broker::import_session`]. `None` when there is
+    /// nothing to move: no session, or one that ends with its connection (expiry 0), which
+    /// is dropped all the same.
+    pub fn export_session(&self, client_id: &str, now: Instant) -> Option<Vec<u8>> {
+        let session = self.sessions().remove(client_id)?;
+        let mut bytes = None;
+        {
+            let mut state = session.lock();
+            let alive = state.expiry_interval > 0 && !state.is_expired(now);
+            if state.owner.is_some() {
+                state.kick = Some(ReasonCode::SESSION_TAKEN_OVER);
+            }
+            state.owner = Some(MOVED);
+            if alive {
+                self.reload_offloaded(&session, &mut state, now);
+                bytes = Some(encode(&state, now));
+            }
+        }
+        session.wake.notify_one();
+        self.drop_subscriptions(&session);
+        if session.is_persistent() {
+            session.set_persistent(false);
+            let mut journal = self.journal();
+            if let Some(j) = journal.as_mut() {
+                j.push(&Record::SessionDrop {
+                    client: &session.client_id,
+                });
+            }
+            persist::commit(journal);
+        }
+        bytes
+    }
+
+    /// Puts a session that another node exported for `client_id` into this broker,
+    /// disconnected, so that the client's CONNECT (which must follow) resumes it with Session
+    /// Present. A disconnected session already here under that identifier is replaced (the
+    /// one from the node the client last used is the newer). Returns the store position the
+    /// CONNACK must wait for (0 when nothing was written).
+    pub fn import_session(
+        &self,
+        client_id: &str,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<u64, MoveError> {
+        let moved = decode(bytes, now).ok_or(MoveError::Malformed)?;
+        let client: Arc<str> = Arc::from(client_id);
+        let old = {
+            let mut sessions = self.sessions();
+            if sessions
+                .get(client_id)
+                .is_some_and(|old| old.lock().owner.is_some())
+            {
+                return Err(MoveError::Attached);
+            }
+            sessions.remove(client_id)
+        };
+        let mut journal = self.journal();
+        if let Some(old) = old {
+            self.drop_subscriptions(&old);
+            if old.is_persistent() {
+                old.set_persistent(false);
+                if let Some(j) = journal.as_mut() {
+                    j.push(&Record::SessionDrop { client: &client });
+                }
+            }
+        }
+        let session = Arc::new(Session::new(client.clone(), moved.version));
+        {
+            let mut state = session.lock();
+            state.expiry_interval = moved.expiry_interval;
+            state.username = moved.username.clone();
+            state.disconnected_at = Some(now);
+            for (filter, options, id) in moved.subscriptions {
+                let Ok(f) = tern_proto::TopicFilter::new(&filter) else {
+                    continue;
+                };
+                let subscriber = Subscriber {
+                    session: session.clone(),
+                    options,
+                    id,
+                    share: f.shared().map(|_| Arc::from(filter.as_str())),
+                    username: moved.username.clone(),
+                };
+                self.tree_mut().insert(f, subscriber);
+                state.subscriptions.insert(filter, (options, id));
+            }
+            for (packet_id, entry) in moved.inflight {
+                state.inflight.insert(packet_id, entry);
+            }
+            for out in moved.queue {
+                state.queue.push_back(out);
+            }
+            state.incoming_qos2 = moved.incoming_qos2.into_iter().collect();
+            if let Some(j) = journal.as_mut() {
+                persist::write_whole_session(j, &client, &mut state, None);
+                session.set_persistent(true);
+            }
+        }
+        self.sessions().insert(client, session);
+        Ok(persist::commit(journal))
+    }
+
+    /// Reads back the payloads of the session's offloaded messages (`persist.rs`), which are
+    /// in this node's store only.
+    fn reload_offloaded(
+        &self,
+        session: &Session,
+        state: &mut crate::session::SessionState,
+        now: Instant,
+    ) {
+        let Some(store) = self.store() else {
+            return;
+        };
+        if state.queue.offloaded() == 0 {
+            return;
+        }
+        let mut unreadable = Vec::new();
+        for i in 0..state.queue.len() {
+            let Some(out) = state.queue.get(i).filter(|o| o.offloaded) else {
+                continue;
+            };
+            let loaded = out
+                .message
+                .stored
+                .get()
+                .and_then(|&id| store.read_message(id))
+                .and_then(|m| persist::owned_message(store, m, now));
+            match loaded {
+                Some(m) => state.queue.replace_message(i, Arc::new(m), false),
+                None => unreadable.push(out.seq),
+            }
+        }
+        if !unreadable.is_empty() {
+            tracing::error!(client_id = %session.client_id, count = unreadable.len(),
+                "queued messages could not be read back from the store; they do not move");
+            let mut kept = crate::session::Queue::default();
+            while let Some(out) = state.queue.pop_front() {
+                if !out.offloaded {
+                    kept.push_back(out);
+                }
+            }
+            state.queue = kept;
+        }
+    }
+}
+
+/// A session as it travels.
+struct Moved {
+    version: ProtocolVersion,
+    expiry_interval: u32,
+    username: Option<Arc<str>>,
+    subscriptions: Vec<(String, tern_proto::SubscriptionOptions, Option<u32>)>,
+    inflight: Vec<(u16, Inflight)>,
+    queue: Vec<Outgoing>,
+    incoming_qos2: Vec<u16>,
+}
+
+fn encode(state: &crate::session::SessionState, now: Instant) -> Vec<u8> {
+    let mut w = Vec::with_capacity(256);
+    w.push(FORMAT);
+    w.push(state.version.level());
+    put_u32(&mut w, state.expiry_interval);
+    put_opt_str(&mut w, state.username.as_deref());
+    put_u32(&mut w, state.subscriptions.len() as u32);
+    for (filter, (options, id)) in &state.subscriptions {
+        put_str(&mut w, filter);
+        w.push(options.to_byte());
+        put_opt_u32(&mut w, *id);
+    }
+    put_u32(&mut w, state.inflight.len() as u32);
+    for (packet_id, entry) in &state.inflight {
+        w.extend_from_slice(&packet_id.to_le_bytes());
+        match entry {
+            Inflight::Publish(out) => {
+                w.push(0);
+                put_outgoing(&mut w, out, now);
+            }
+            Inflight::Release { .. } => w.push(1),
+        }
+    }
+    put_u32(&mut w, state.queue.len() as u32);
+    for out in state.queue.iter() {
+        put_outgoing(&mut w, out, now);
+    }
+    put_u32(&mut w, state.incoming_qos2.len() as u32);
+    for id in &state.incoming_qos2 {
+        w.extend_from_slice(&id.to_le_bytes());
+    }
+    w
+}
+
+fn put_outgoing(w: &mut Vec<u8>, out: &Outgoing, now: Instant) {
+    let m = &out.message;
+    w.push(out.qos as u8);
+    w.push(u8::from(out.retain));
+    put_u32(w, out.subscription_ids.len() as u32);
+    for id in &out.subscription_ids {
+        put_u32(w, *id);
+    }
+    put_opt_str(w, out.via_share.as_deref());
+    put_str(w, &m.topic);
+    put_bytes(w, &m.payload);
+    w.push(m.qos as u8);
+    w.push(u8::from(m.retain));
+    put_bytes(w, m.properties.as_bytes());
+    put_str(w, &m.publisher);
+    // What is left of the Message Expiry Interval, in milliseconds: the nodes' clocks need
+    // not agree.
+    match m.expires_at {
+        Some(at) => {
+            w.push(1);
+            let left = at.saturating_duration_since(now).as_millis();
+            w.extend_from_slice(&(left.min(u128::from(u64::MAX)) as u64).to_le_bytes());
+        }
+        None => w.push(0),
+    }
+}
+
+fn put_u32(w: &mut Vec<u8>, v: u32) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    put_u32(w, b.len() as u32);
+    w.extend_from_slice(b);
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    put_bytes(w, s.as_bytes());
+}
+
+fn put_opt_str(w: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            w.push(1);
+            put_str(w, s);
+        }
+        None => w.push(0),
+    }
+}
+
+fn put_opt_u32(w: &mut Vec<u8>, v: Option<u32>) {
+    match v {
+        Some(v) => {
+            w.push(1);
+            put_u32(w, v);
+        }
+        None => w.push(0),
+    }
+}
+
+/// Reads what `encode` wrote; `None` at the first thing out of place. Counts are checked
+/// against the bytes left, so a corrupt count cannot make it reserve unbounded memory.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// A count of items each at least `min_size` bytes long.
+    fn count(&mut self, min_size: usize) -> Option<usize> {
+        let n = self.u32()? as usize;
+        (n.saturating_mul(min_size) <= self.b.len()).then_some(n)
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    fn opt_str(&mut self) -> Option<Option<&'a str>> {
+        if self.flag()? {
+            Some(Some(self.str()?))
+        } else {
+            Some(None)
+        }
+    }
+
+    fn qos(&mut self) -> Option<QoS> {
+        QoS::from_u8(self.u8()?).ok()
+    }
+
+    fn outgoing(&mut self, now: Instant) -> Option<Outgoing> {
+        let qos = self.qos()?;
+        let retain = self.flag()?;
+        let n = self.count(4)?;
+        let subscription_ids = (0..n).map(|_| self.u32()).collect::<Option<Vec<_>>>()?;
+        let via_share = self.opt_str()?.map(Arc::from);
+        let topic = Arc::from(self.str()?);
+        let payload = self.bytes()?.to_vec();
+        let message_qos = self.qos()?;
+        let message_retain = self.flag()?;
+        let properties =
+            PropertiesBuf::from_block(self.bytes()?.to_vec(), PropertyContext::Publish).ok()?;
+        let publisher = Arc::from(self.str()?);
+        let expires_at = if self.flag()? {
+            Some(now + Duration::from_millis(self.u64()?))
+        } else {
+            None
+        };
+        let message = Message {
+            topic,
+            payload,
+            qos: message_qos,
+            retain: message_retain,
+            properties,
+            publisher,
+            expires_at,
+            stored: OnceLock::new(),
+            encoded: Default::default(),
+        };
+        Some(Outgoing {
+            message: Arc::new(message),
+            qos,
+            retain,
+            subscription_ids,
+            via_share,
+            seq: 0,
+            offloaded: false,
+        })
+    }
+}
+
+fn decode(bytes: &[u8], now: Instant) -> Option<Moved> {
+    let mut r = Reader { b: bytes };
+    if r.u8()? != FORMAT {
+        return None;
+    }
+    let version = match r.u8()? {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        5 => ProtocolVersion::V5,
+        _ => return None,
+    };
+    let expiry_interval = r.u32()?;
+    let username = r.opt_str()?.map(Arc::from);
+    let n = r.count(6)?;
+    let mut subscriptions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let filter = r.str()?.to_owned();
+        let options = tern_proto::SubscriptionOptions::from_byte(r.u8()?)?;
+        let id = if r.flag()? { Some(r.u32()?) } else { None };
+        subscriptions.push((filter, options, id));
+    }
+    let n = r.count(3)?;
+    let mut inflight = Vec::with_capacity(n);
+    for _ in 0..n {
+        let packet_id = r.u16()?;
+        let entry = match r.u8()? {
+            0 => Inflight::Publish(r.outgoing(now)?),
+            1 => Inflight::Release { seq: 0 },
+            _ => return None,
+        };
+        inflight.push((packet_id, entry));
+    }
+    let n = r.count(20)?;
+    let mut queue = Vec::with_capacity(n);
+    for _ in 0..n {
+        queue.push(r.outgoing(now)?);
+    }
+    let n = r.count(2)?;
+    let incoming_qos2 = (0..n).map(|_| r.u16()).collect::<Option<Vec<_>>>()?;
+    if !r.b.is_empty() {
+        return None;
+    }
+    Some(Moved {
+        version,
+        expiry_interval,
+        username,
+        subscriptions,
+        inflight,
+        queue,
+        incoming_qos2,
+    })
+}
