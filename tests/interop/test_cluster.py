@@ -81,6 +81,9 @@ NODE_CONFIG = """
 [[listener]]
 bind = "127.0.0.1:0"
 
+[sys]
+interval = 1
+
 [cluster]
 node = "{name}"
 nats_urls = ["nats://127.0.0.1:{nats}"]
@@ -424,6 +427,20 @@ def test_a_persistent_session_moves_with_its_client(cluster, version):
     assert "session handed to another node" in nodes["a"].log()
     assert "session taken over from another node" in nodes["b"].log()
     assert metric(nodes["b"], 'tern_cluster_sessions_moved_total{direction="in"}') >= 1
+    # The same figures in $SYS, per node.
+    sys_topics = {}
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sys-{tag}")
+    watcher.on_message = lambda cl, u, m: sys_topics.__setitem__(m.topic, m.payload.decode())
+    watcher.connect("127.0.0.1", nodes["b"].port)
+    watcher.subscribe("$SYS/broker/cluster/#")
+    watcher.loop_start()
+    # (Published every second: the retained value may predate the move.)
+    wait_for(lambda: int(sys_topics.get("$SYS/broker/cluster/sessions/moved in", "0")) >= 1,
+             what="the move in $SYS")
+    assert sys_topics["$SYS/broker/cluster/node"] == "b"
+    assert sys_topics["$SYS/broker/cluster/connected"] == "1"
+    watcher.loop_stop()
+    watcher.disconnect()
 
     # The subscription moved too: new messages reach the client on b.
     wait_for(lambda: pub.publish(f"{topic}/x", b"after") or any(p == b"after" for p, _ in got),

@@ -274,6 +274,7 @@ impl Server {
             tasks.spawn(sys::publish_loop(
                 broker.clone(),
                 bridges.clone(),
+                cluster.clone(),
                 Duration::from_secs(config.sys.interval),
                 shutdown.subscribe(),
             ));
@@ -293,7 +294,7 @@ impl Server {
 
     /// Publishes the `$SYS` figures now, as the periodic task does.
     pub fn publish_sys(&self) {
-        sys::publish_all(&self.broker, &self.bridges);
+        sys::publish_all(&self.broker, &self.bridges, self.cluster.as_deref());
     }
 
     /// The bridges' figures.

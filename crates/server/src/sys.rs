@@ -10,26 +10,58 @@ use tern_proto::{PropertiesBuf, QoS};
 use tokio::sync::watch;
 
 use crate::bridge::BridgeStatus;
+use crate::cluster::ClusterStatus;
 use crate::now;
 
 pub(crate) async fn publish_loop(
     broker: Arc<Broker>,
     bridges: Vec<Arc<BridgeStatus>>,
+    cluster: Option<Arc<ClusterStatus>>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = tick.tick() => publish_all(&broker, &bridges),
+            _ = tick.tick() => publish_all(&broker, &bridges, cluster.as_deref()),
             _ = shutdown.changed() => return,
         }
     }
 }
 
-/// Publishes every `$SYS` figure once: the broker's, and each bridge's state under Mosquitto's
-/// name (`$SYS/broker/connection/<name>/state`, 1 or 0) with tern's counts beside it.
-pub(crate) fn publish_all(broker: &Broker, bridges: &[Arc<BridgeStatus>]) {
+/// Publishes every `$SYS` figure once: the broker's, each bridge's state under Mosquitto's
+/// name (`$SYS/broker/connection/<name>/state`, 1 or 0) with tern's counts beside it, and in
+/// cluster mode this node's link (`$SYS/broker/cluster/...`, the figures `/metrics` has).
+pub(crate) fn publish_all(
+    broker: &Broker,
+    bridges: &[Arc<BridgeStatus>],
+    cluster: Option<&ClusterStatus>,
+) {
+    if let Some(c) = cluster {
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed).to_string();
+        let figures = [
+            ("node", c.node.clone()),
+            (
+                "connected",
+                u8::from(c.connected.load(Ordering::Relaxed)).to_string(),
+            ),
+            ("messages/out", load(&c.forwarded_out)),
+            ("messages/in", load(&c.forwarded_in)),
+            ("messages/dropped", load(&c.dropped)),
+            ("messages/duplicates", load(&c.duplicates)),
+            ("retained/synced", load(&c.retained_synced)),
+            ("clients/taken over", load(&c.taken_over)),
+            ("sessions/moved in", load(&c.sessions_moved_in)),
+            ("sessions/moved out", load(&c.sessions_moved_out)),
+            (
+                "subscriptions",
+                c.subjects.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        for (name, value) in figures {
+            publish(broker, &format!("cluster/{name}"), value);
+        }
+    }
     for b in bridges {
         let figures = [
             (
