@@ -59,20 +59,20 @@ impl Broker {
     /// is dropped all the same.
     pub fn export_session(&self, client_id: &str, now: Instant) -> Option<Vec<u8>> {
         let session = self.sessions().remove(client_id)?;
-        let mut bytes = None;
-        {
+        let alive = {
             let mut state = session.lock();
             let alive = state.expiry_interval > 0 && !state.is_expired(now);
             if state.owner.is_some() {
                 state.kick = Some(ReasonCode::SESSION_TAKEN_OVER);
             }
             state.owner = Some(MOVED);
-            if alive {
-                self.reload_offloaded(&session, &mut state, now);
-                bytes = Some(encode(&state, now));
-            }
-        }
+            alive
+        };
         session.wake.notify_one();
+        let bytes = alive.then(|| {
+            self.reload_offloaded(&session, now);
+            encode(&session.lock(), now)
+        });
         self.drop_subscriptions(&session);
         if session.is_persistent() {
             session.set_persistent(false);
@@ -126,19 +126,8 @@ impl Broker {
             state.expiry_interval = moved.expiry_interval;
             state.username = moved.username.clone();
             state.disconnected_at = Some(now);
-            for (filter, options, id) in moved.subscriptions {
-                let Ok(f) = tern_proto::TopicFilter::new(&filter) else {
-                    continue;
-                };
-                let subscriber = Subscriber {
-                    session: session.clone(),
-                    options,
-                    id,
-                    share: f.shared().map(|_| Arc::from(filter.as_str())),
-                    username: moved.username.clone(),
-                };
-                self.tree_mut().insert(f, subscriber);
-                state.subscriptions.insert(filter, (options, id));
+            for (filter, options, id) in &moved.subscriptions {
+                state.subscriptions.insert(filter.clone(), (*options, *id));
             }
             for (packet_id, entry) in moved.inflight {
                 state.inflight.insert(packet_id, entry);
@@ -152,50 +141,69 @@ impl Broker {
                 session.set_persistent(true);
             }
         }
+        // The session's records go first, so that a message routed to it from here on is
+        // recorded after them. Into the tree only now, without the session's lock: routing
+        // takes the tree's lock and then sessions' locks, so holding a session's lock while
+        // waiting for the tree's could deadlock with a publication that found this session.
+        let durable = persist::commit(journal);
+        for (filter, options, id) in &moved.subscriptions {
+            let Ok(f) = tern_proto::TopicFilter::new(filter) else {
+                continue;
+            };
+            let subscriber = Subscriber {
+                session: session.clone(),
+                options: *options,
+                id: *id,
+                share: f.shared().map(|_| Arc::from(filter.as_str())),
+                username: moved.username.clone(),
+            };
+            self.tree_mut().insert(f, subscriber);
+        }
         self.sessions().insert(client, session);
-        Ok(persist::commit(journal))
+        Ok(durable)
     }
 
     /// Reads back the payloads of the session's offloaded messages (`persist.rs`), which are
-    /// in this node's store only.
-    fn reload_offloaded(
-        &self,
-        session: &Session,
-        state: &mut crate::session::SessionState,
-        now: Instant,
-    ) {
+    /// in this node's store only; the session's lock is not held while reading.
+    fn reload_offloaded(&self, session: &Session, now: Instant) {
         let Some(store) = self.store() else {
             return;
         };
-        if state.queue.offloaded() == 0 {
-            return;
-        }
-        let mut unreadable = Vec::new();
-        for i in 0..state.queue.len() {
-            let Some(out) = state.queue.get(i).filter(|o| o.offloaded) else {
+        let wanted: Vec<(u64, u64)> = {
+            let state = session.lock();
+            state
+                .queue
+                .iter()
+                .filter(|o| o.offloaded)
+                .filter_map(|o| Some((o.seq, *o.message.stored.get()?)))
+                .collect()
+        };
+        let loaded: Vec<(u64, Option<Message>)> = wanted
+            .into_iter()
+            .map(|(seq, id)| {
+                let m = store
+                    .read_message(id)
+                    .and_then(|m| persist::owned_message(store, m, now));
+                (seq, m)
+            })
+            .collect();
+        let mut state = session.lock();
+        let mut unreadable = 0;
+        for (seq, message) in loaded {
+            let Some(i) = state.queue.iter().position(|o| o.seq == seq && o.offloaded) else {
                 continue;
             };
-            let loaded = out
-                .message
-                .stored
-                .get()
-                .and_then(|&id| store.read_message(id))
-                .and_then(|m| persist::owned_message(store, m, now));
-            match loaded {
+            match message {
                 Some(m) => state.queue.replace_message(i, Arc::new(m), false),
-                None => unreadable.push(out.seq),
-            }
-        }
-        if !unreadable.is_empty() {
-            tracing::error!(client_id = %session.client_id, count = unreadable.len(),
-                "queued messages could not be read back from the store; they do not move");
-            let mut kept = crate::session::Queue::default();
-            while let Some(out) = state.queue.pop_front() {
-                if !out.offloaded {
-                    kept.push_back(out);
+                None => {
+                    state.queue.remove(i);
+                    unreadable += 1;
                 }
             }
-            state.queue = kept;
+        }
+        if unreadable > 0 {
+            tracing::error!(client_id = %session.client_id, unreadable,
+                "queued messages could not be read back from the store; they do not move");
         }
     }
 }

@@ -450,3 +450,61 @@ fn malformed_session_bytes_are_refused() {
     }
     assert_eq!(broker.session_count(), 0);
 }
+
+/// A long queue's payloads leave memory once on disk (`Broker::offload`); a move reads them
+/// back first, since the new node's store does not have them.
+#[test]
+fn a_moved_session_takes_its_offloaded_messages_along() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("folder"),
+        tempfile::tempdir().expect("folder"),
+    );
+    let now = Instant::now();
+    let a = broker_with_store(dir_a.path(), now);
+    let b = broker_with_store(dir_b.path(), now);
+    let mut run = Run {
+        broker: a.clone(),
+        conns: (0..3).map(|_| None).collect(),
+        names: (0..3).map(|i| format!("c{i}")).collect(),
+    };
+    let connect = |c, clean| Op::Connect {
+        c,
+        clean,
+        v5: false,
+        expiry: 0,
+    };
+    run.apply(&connect(0, false), now);
+    run.apply(&Op::Subscribe { c: 0, f: 1, qos: 1 }, now);
+    run.apply(&Op::Lose { c: 0 }, now);
+    run.apply(&connect(1, true), now);
+    for i in 0..150u16 {
+        let publish = Op::Publish {
+            c: 1,
+            t: 0,
+            qos: 1,
+            retain: false,
+            id: i + 1,
+            empty: false,
+        };
+        run.apply(&publish, now);
+    }
+    let session = a.session("c0").expect("c0's session");
+    // The store writes on its own thread: poll until the entries past the head are on disk
+    // and offloaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while session.lock().queue.offloaded() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was offloaded"
+        );
+        a.offload();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let bytes = a.export_session("c0", now).expect("a persistent session");
+    b.import_session("c0", &bytes, now).expect("imports");
+    let moved = b.session("c0").expect("c0's session on b");
+    let state = moved.lock();
+    assert_eq!(state.queue.len(), 150);
+    assert_eq!(state.queue.offloaded(), 0);
+    assert!(state.queue.iter().all(|o| o.message.payload == b"payload"));
+}
