@@ -365,7 +365,7 @@ impl Broker {
     }
 
     /// Queues `message` for `matches`, one copy per session, retaining it first if `retain`.
-    fn deliver<'s>(
+    pub(crate) fn deliver<'s>(
         &'s self,
         message: Arc<Message>,
         matches: Vec<crate::tree::Subscriber>,
@@ -431,6 +431,7 @@ impl Broker {
                             via_share: sub.share.clone(),
                             seq: 0,
                             offloaded: false,
+                            ordinal: 0,
                         },
                     ));
                 }

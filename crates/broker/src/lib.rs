@@ -31,6 +31,6 @@ pub use broker::{
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;
-pub use migrate::MoveError;
+pub use migrate::{MoveError, SessionSummary};
 pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Subscriber, SubscriptionTree};

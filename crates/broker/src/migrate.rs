@@ -87,6 +87,48 @@ impl Broker {
         bytes
     }
 
+    /// What another node needs to rebuild each persistent session here if this node dies
+    /// (cluster mode): its identifier, its subscriptions as bytes for
+    /// [`Broker::import_session`] (no queue: the messages are in the cluster's stream), whether
+    /// it has nothing waiting or in flight, and how many messages it has been given so far.
+    pub fn session_summaries(&self, now: Instant) -> Vec<SessionSummary> {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        sessions
+            .into_iter()
+            .filter_map(|session| {
+                let state = session.lock();
+                if state.expiry_interval == 0 || state.owner == Some(MOVED) {
+                    return None;
+                }
+                Some(SessionSummary {
+                    client_id: session.client_id.clone(),
+                    skeleton: encode_with(&state, now, false),
+                    oldest_outstanding: state.oldest_outstanding(),
+                    received: state.received,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives `message` to `client_id`'s session alone, as its subscriptions (not shared ones)
+    /// grant it: for messages replayed from the cluster's stream into a session rebuilt from a
+    /// dead node's summary. Returns the store position to wait for before acknowledging
+    /// anything that depends on it (0: nothing written).
+    pub fn replay_to(&self, client_id: &str, message: Arc<Message>) -> u64 {
+        let matches: Vec<Subscriber> = self
+            .tree()
+            .matches_with(&message.topic, false)
+            .into_iter()
+            .filter(|s| &*s.session.client_id == client_id)
+            .collect();
+        if matches.is_empty() {
+            return 0;
+        }
+        let mut journal = None;
+        self.deliver(message, matches, false, &mut journal);
+        persist::commit(journal)
+    }
+
     /// Puts a session that another node exported for `client_id` into this broker,
     /// disconnected, so that the client's CONNECT (which must follow) resumes it with Session
     /// Present. A disconnected session already here under that identifier is replaced (the
@@ -208,6 +250,20 @@ impl Broker {
     }
 }
 
+/// One persistent session as [`Broker::session_summaries`] describes it.
+#[derive(Debug, Clone)]
+pub struct SessionSummary {
+    /// The Client Identifier.
+    pub client_id: Arc<str>,
+    /// Its subscriptions and settings, for [`Broker::import_session`].
+    pub skeleton: Vec<u8>,
+    /// The ordinal of its oldest message not yet acknowledged ([`Outgoing::ordinal`]);
+    /// `None`: every message it was given is done.
+    pub oldest_outstanding: Option<u64>,
+    /// Messages given to it so far (`SessionState::received`).
+    pub received: u64,
+}
+
 /// A session as it travels.
 struct Moved {
     version: ProtocolVersion,
@@ -220,6 +276,12 @@ struct Moved {
 }
 
 fn encode(state: &crate::session::SessionState, now: Instant) -> Vec<u8> {
+    encode_with(state, now, true)
+}
+
+/// The session's bytes; without `messages`, its queue, in-flight messages and QoS 2 ids are
+/// left out (a skeleton).
+fn encode_with(state: &crate::session::SessionState, now: Instant, messages: bool) -> Vec<u8> {
     let mut w = Vec::with_capacity(256);
     w.push(FORMAT);
     w.push(state.version.level());
@@ -230,6 +292,12 @@ fn encode(state: &crate::session::SessionState, now: Instant) -> Vec<u8> {
         put_str(&mut w, filter);
         w.push(options.to_byte());
         put_opt_u32(&mut w, *id);
+    }
+    if !messages {
+        put_u32(&mut w, 0);
+        put_u32(&mut w, 0);
+        put_u32(&mut w, 0);
+        return w;
     }
     put_u32(&mut w, state.inflight.len() as u32);
     for (packet_id, entry) in &state.inflight {
@@ -417,6 +485,7 @@ impl<'a> Reader<'a> {
             via_share,
             seq: 0,
             offloaded: false,
+            ordinal: 0,
         })
     }
 }

@@ -401,6 +401,7 @@ impl Broker {
                         via_share: e.share.as_deref().map(Arc::from),
                         seq: e.seq,
                         offloaded: false,
+                        ordinal: 0,
                     };
                     match e.state {
                         EntryState::Sent(packet_id) => {

@@ -38,6 +38,10 @@ pub struct Outgoing {
     /// The message's payload is not in memory: `message` is a stand-in with its topic and
     /// expiry, and the whole message is read back from the store before it is sent.
     pub offloaded: bool,
+    /// Its place among the messages this session was given since it was created or came to
+    /// this node ([`SessionState::received`] after it was queued; 0: carried over). Cluster
+    /// mode uses the oldest outstanding one to know what the client has acknowledged.
+    pub ordinal: u64,
 }
 
 impl Outgoing {
@@ -190,6 +194,8 @@ pub struct SessionState {
     pub disconnected_at: Option<Instant>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// Messages queued for it so far (cluster mode watches its growth).
+    pub received: u64,
     next_packet_id: u16,
 }
 
@@ -212,6 +218,7 @@ impl SessionState {
             expiry_interval: 0,
             disconnected_at: None,
             dropped: 0,
+            received: 0,
             next_packet_id: 1,
         }
     }
@@ -226,6 +233,17 @@ impl SessionState {
             }
         }
         None
+    }
+
+    /// The ordinal of the oldest message given to the session and not yet acknowledged
+    /// (queued or in flight), if any: every message with a lower ordinal is done.
+    pub fn oldest_outstanding(&self) -> Option<u64> {
+        let queued = self.queue.get(0).map(|o| o.ordinal);
+        let in_flight = self.inflight.values().filter_map(|e| match e {
+            Inflight::Publish(o) => Some(o.ordinal),
+            Inflight::Release { .. } => None,
+        });
+        queued.into_iter().chain(in_flight).min()
     }
 
     /// Whether the session has expired at `now` while no connection held it.
@@ -335,6 +353,8 @@ impl Session {
         // free its window (and flushes when they come). Waking a thousand subscribers for
         // every message of a fan-out was a sixth of the broker's time.
         let was_empty = state.queue.is_empty();
+        state.received += 1;
+        out.ordinal = state.received;
         state.queue.push_back(out);
         let connected = state.owner.is_some();
         drop(state);

@@ -66,6 +66,21 @@ pub struct ClusterConfig {
     /// Copies JetStream keeps of the retained bucket (1 to 5, at most the NATS servers).
     #[serde(default = "default_cluster_replicas")]
     pub replicas: usize,
+    /// Seconds the cluster's message stream keeps each message (how long a session whose node
+    /// died can be rebuilt with what it missed).
+    #[serde(default = "default_history_seconds")]
+    pub history_seconds: u64,
+    /// Bytes the cluster's message stream keeps at most (the oldest go first).
+    #[serde(default = "default_history_bytes")]
+    pub history_bytes: u64,
+}
+
+fn default_history_seconds() -> u64 {
+    3600
+}
+
+fn default_history_bytes() -> u64 {
+    1 << 30
 }
 
 fn default_cluster_prefix() -> String {
@@ -605,6 +620,16 @@ impl Config {
             if !(1..=5).contains(&c.replicas) {
                 return bad("replicas", "must be 1 to 5");
             }
+            if c.history_seconds == 0 || c.history_bytes == 0 || c.history_bytes > i64::MAX as u64 {
+                return bad(
+                    if c.history_seconds == 0 {
+                        "history_seconds"
+                    } else {
+                        "history_bytes"
+                    },
+                    "must be more than 0",
+                );
+            }
             if c.user.is_some() != c.password.is_some() {
                 return bad("user", "and `password` go together in [cluster]");
             }
@@ -690,6 +715,8 @@ mod tests {
                 ca_file: Some("ca.pem".into()),
                 prefix: "tern".into(),
                 replicas: 3,
+                history_seconds: 600,
+                history_bytes: 1 << 20,
             }),
             ..Config::default()
         };

@@ -441,6 +441,30 @@ pub(crate) fn render(
             "direction=\"in\"",
             load(&c.sessions_moved_in),
         );
+        family(
+            &mut out,
+            "tern_cluster_sessions_recovered_total",
+            "counter",
+            "Persistent sessions rebuilt here from the summary of a node that did not answer.",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_sessions_recovered_total",
+            "",
+            load(&c.sessions_recovered),
+        );
+        family(
+            &mut out,
+            "tern_cluster_sessions_summarised",
+            "gauge",
+            "Persistent sessions of this node whose summary is in the cluster's bucket.",
+        );
+        sample(
+            &mut out,
+            "tern_cluster_sessions_summarised",
+            "",
+            load(&c.sessions_summarised),
+        );
         for (name, help, value) in [
             (
                 "tern_cluster_dropped_total",

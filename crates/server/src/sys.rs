@@ -53,6 +53,8 @@ pub(crate) fn publish_all(
             ("clients/taken over", load(&c.taken_over)),
             ("sessions/moved in", load(&c.sessions_moved_in)),
             ("sessions/moved out", load(&c.sessions_moved_out)),
+            ("sessions/recovered", load(&c.sessions_recovered)),
+            ("sessions/summarised", load(&c.sessions_summarised)),
             (
                 "subscriptions",
                 c.subjects.load(Ordering::Relaxed).to_string(),

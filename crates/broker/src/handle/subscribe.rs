@@ -151,6 +151,7 @@ fn subscribe_one(
                 via_share: None,
                 seq: 0,
                 offloaded: false,
+                ordinal: 0,
             });
         }
     }

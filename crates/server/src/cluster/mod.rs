@@ -39,7 +39,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -54,6 +54,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::now;
+
+mod sessions;
+pub(crate) use sessions::SessionMover;
 
 /// Messages waiting to be published on NATS; beyond this, new ones are dropped and counted.
 const OUTGOING_CAPACITY: usize = 100_000;
@@ -87,6 +90,10 @@ pub struct ClusterStatus {
     pub sessions_moved_out: AtomicU64,
     /// Persistent sessions taken over from another node.
     pub sessions_moved_in: AtomicU64,
+    /// Persistent sessions rebuilt here from the summary of a node that did not answer.
+    pub sessions_recovered: AtomicU64,
+    /// Persistent sessions of this node whose summary is in the cluster's bucket.
+    pub sessions_summarised: AtomicU64,
     /// The last error, for people.
     pub last_error: Mutex<Option<String>>,
 }
@@ -96,154 +103,6 @@ impl ClusterStatus {
         warn!(node = %self.node, "cluster: {why}");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
-}
-
-/// How long a node waits for the node that held a client's session to hand it over before
-/// the client gets a new session instead.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Brings a client's persistent session to this node when the client connects here after
-/// another node: asked by each connection between authentication and CONNECT handling.
-pub(crate) struct SessionMover {
-    broker: Arc<Broker>,
-    prefix: String,
-    origin: u64,
-    status: Arc<ClusterStatus>,
-    /// The NATS connection and the registry bucket, once connected.
-    ready: OnceLock<(Client, kv::Store)>,
-}
-
-impl SessionMover {
-    /// If the registry says another node holds `client_id`, asks that node for the session
-    /// (it closes the client's connection there with 0x8E and lets go of the session) and
-    /// puts it into this broker, so the CONNECT that follows resumes it with Session Present
-    /// [MQTT-3.2.2-2]. With Clean Start the old node only discards it. A node that does not
-    /// answer (stopped, or unreachable) within `HANDOVER_TIMEOUT` leaves the client with a
-    /// new session. Returns once what was taken over is on this node's disk.
-    pub(crate) async fn claim(&self, client_id: &str, clean_start: bool) {
-        let Some((client, registry)) = self.ready.get() else {
-            return;
-        };
-        if client_id.is_empty() || client_id.starts_with("$bridge/") {
-            return;
-        }
-        let owner =
-            match tokio::time::timeout(HANDOVER_TIMEOUT, registry.get(key_of(client_id))).await {
-                Ok(Ok(Some(value))) => String::from_utf8_lossy(&value).into_owned(),
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    self.status
-                        .error(format!("reading the owner of {client_id}: {e}"));
-                    return;
-                }
-                Err(_) => {
-                    self.status
-                        .error(format!("reading the owner of {client_id}: no answer"));
-                    return;
-                }
-            };
-        let Some(origin) = owner
-            .split(' ')
-            .nth(1)
-            .and_then(|o| u64::from_str_radix(o, 16).ok())
-        else {
-            return;
-        };
-        if origin == self.origin {
-            return;
-        }
-        let mut request = vec![u8::from(clean_start)];
-        request.extend_from_slice(client_id.as_bytes());
-        let subject = handover_subject(&self.prefix, origin);
-        let reply =
-            tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.into())).await;
-        let bytes = match reply {
-            Ok(Ok(message)) => message.payload,
-            Ok(Err(e)) => {
-                // No responders: the node is gone; its sessions stay in its store.
-                info!(client_id, owner = %owner, "cluster: the node that held this client does not answer ({e}); new session");
-                return;
-            }
-            Err(_) => {
-                self.status.error(format!(
-                    "{owner} did not hand over {client_id} in time; new session"
-                ));
-                return;
-            }
-        };
-        if bytes.is_empty() || clean_start {
-            return;
-        }
-        match self.broker.import_session(client_id, &bytes, now()) {
-            Ok(seq) => {
-                self.status
-                    .sessions_moved_in
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(client_id, from = %owner, "cluster: session taken over from another node");
-                if let Some(store) = self.broker.store().filter(|_| seq > 0) {
-                    store.wait_durable(seq).await;
-                }
-            }
-            Err(e) => self
-                .status
-                .error(format!("taking over the session of {client_id}: {e}")),
-        }
-    }
-
-    /// Answers other nodes' requests for sessions held here (see `claim`).
-    async fn serve(self: Arc<Self>, client: Client) {
-        let subject = handover_subject(&self.prefix, self.origin);
-        let mut requests = loop {
-            match client.subscribe(subject.clone()).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    self.status
-                        .error(format!("subscribing to {subject}: {e}; retrying"));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        while let Some(request) = requests.next().await {
-            let Some(reply) = request.reply else { continue };
-            let Some((&clean, id)) = request.payload.split_first() else {
-                continue;
-            };
-            let Ok(id) = std::str::from_utf8(id) else {
-                continue;
-            };
-            if self.broker.session(id).is_some_and(|s| s.is_connected()) {
-                info!(
-                    client_id = id,
-                    "cluster: client connected to another node; closing it here"
-                );
-                self.status.taken_over.fetch_add(1, Ordering::Relaxed);
-            }
-            let bytes = self.broker.export_session(id, now());
-            if bytes.is_some() {
-                self.status
-                    .sessions_moved_out
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(
-                    client_id = id,
-                    discarded = clean == 1,
-                    "cluster: session handed to another node"
-                );
-            }
-            let body = if clean == 1 {
-                Vec::new()
-            } else {
-                bytes.unwrap_or_default()
-            };
-            if let Err(e) = client.publish(reply, body.into()).await {
-                self.status.error(format!("handing over {id}: {e}"));
-            }
-        }
-    }
-}
-
-/// Where a node listens for requests for its sessions.
-fn handover_subject(prefix: &str, origin: u64) -> String {
-    format!("{prefix}_handover.{origin:016x}")
 }
 
 /// Joins the cluster: sets the broker's forwarding and interest hooks now (so nothing
@@ -277,13 +136,12 @@ pub(crate) fn start(
     let initial = broker.set_interest(Box::new(move |filter, add| {
         let _ = interest_tx.send((filter.to_string(), add));
     }));
-    let mover = Arc::new(SessionMover {
-        broker: broker.clone(),
-        prefix: config.prefix.clone(),
+    let mover = Arc::new(SessionMover::new(
+        broker.clone(),
+        config.clone(),
         origin,
-        status: status.clone(),
-        ready: OnceLock::new(),
-    });
+        status.clone(),
+    ));
     let link = Link {
         broker,
         config,
@@ -336,6 +194,19 @@ impl Link {
         tasks.spawn(link.clone().retained_loop(client.clone(), retained_rx));
         tasks.spawn(link.clone().registry_loop(client.clone(), connect_rx));
         tasks.spawn(link.mover.clone().serve(client.clone()));
+        let summaries = link.clone();
+        let js = async_nats::jetstream::new(client.clone());
+        tasks.spawn(async move {
+            let bucket = format!("{}_session_state", summaries.config.prefix);
+            let states = summaries
+                .bucket(
+                    &js,
+                    &bucket,
+                    "tern persistent sessions: subscriptions, replay points",
+                )
+                .await;
+            summaries.mover.clone().keep_summaries(states, js).await;
+        });
         let _ = shutdown.changed().await;
         tasks.abort_all();
         let _ = client.flush().await;
@@ -605,7 +476,7 @@ impl Link {
         let js = async_nats::jetstream::new(client.clone());
         let bucket = format!("{}_sessions", self.config.prefix);
         let store = self.bucket(&js, &bucket, "tern session owners").await;
-        let _ = self.mover.ready.set((client.clone(), store.clone()));
+        self.mover.set_ready(client.clone(), store.clone());
         let mut changes = loop {
             match store.watch_all().await {
                 Ok(w) => break w,
