@@ -566,6 +566,41 @@ def test_a_session_outlives_its_node(cluster):
     pub.close()
 
 
+def test_a_dying_node_loses_nothing_it_acknowledged(cluster):
+    """A QoS 1 publisher on node a, a persistent subscriber on node b. Node a acknowledges a
+    publication only once the cluster's stream keeps it [MQTT-4.3.2-2], so killing a (SIGKILL)
+    loses nothing its publisher was told was received. To catch the moment between PUBACK and
+    NATS, a's NATS server is frozen (SIGSTOP) while the publisher sends: no PUBACK may come,
+    since nothing can reach the stream; then a is killed and every message acknowledged
+    before must reach b's subscriber."""
+    nodes, nats = cluster
+    sub = Client(nodes["b"], "kept-sub", version=mqtt.MQTTv311)
+    sub.subscribe("kept/#", 1)
+    pub = Client(nodes["a"], "kept-pub", version=mqtt.MQTTv311)
+    until_routed(pub, "kept/probe", [sub], "kept")
+    acked = []
+    for i in range(50):
+        pub.publish("kept/x", f"before {i}".encode(), qos=1)
+        acked.append(f"before {i}".encode())
+
+    os.kill(nats[0].proc.pid, signal.SIGSTOP)
+    try:
+        frozen = [pub.c.publish("kept/x", f"frozen {i}".encode(), qos=1) for i in range(20)]
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        early = [i for i, info in enumerate(frozen) if info.is_published()]
+        nodes["a"].proc.kill()
+        nodes["a"].proc.wait()
+    finally:
+        os.kill(nats[0].proc.pid, signal.SIGCONT)
+    assert early == [], f"a acknowledged {len(early)} publications the stream could not have"
+    wait_for(lambda: {m[1] for m in sub.got(b"before")} >= set(acked), timeout=20,
+             what="every acknowledged message on b")
+    pub.c.loop_stop()
+    sub.close()
+
+
 def test_shared_subscription_is_one_group_across_nodes(cluster):
     """`$share/workers/jobs/#` with one member on each node: each message goes to exactly one
     member in the whole cluster [MQTT-4.8.2-3] (NATS queue groups pick the node, the node's

@@ -114,7 +114,9 @@ pub type Observer = Box<dyn Fn(&Message) + Send + Sync>;
 
 /// Called with every message published on this broker (by a client, a will or a bridge)
 /// whose topic is not a `$` topic; not with messages that came from other cluster nodes.
-pub type Forwarder = Box<dyn Fn(&Arc<Message>) + Send + Sync>;
+/// Returns a ticket (0: none): the publisher's acknowledgement waits until the forwarder
+/// confirms that ticket (`Connection::forward_needed`).
+pub type Forwarder = Box<dyn Fn(&Arc<Message>) -> u64 + Send + Sync>;
 
 /// Called with a filter when its first subscription appears (`true`) or its last one goes
 /// (`false`); shared subscriptions under their whole `$share/<group>/<filter>`.
@@ -320,18 +322,19 @@ impl Broker {
     /// Subscription Identifiers. Returns how many sessions it reached.
     pub fn route(&self, message: Arc<Message>) -> usize {
         let mut journal = None;
-        let reached = self.route_logged(message, &mut journal);
+        let (reached, _) = self.route_logged(message, &mut journal);
         persist::commit(journal);
         reached
     }
 
     /// [`Broker::route`], writing what must outlive a crash into `journal` (begun here if
     /// needed and not begun yet: the caller commits it and waits for it before acknowledging).
+    /// Returns the sessions reached and the forwarder's ticket (0: none).
     pub(crate) fn route_logged<'s>(
         &'s self,
         message: Arc<Message>,
         journal: &mut Option<Journal<'s>>,
-    ) -> usize {
+    ) -> (usize, u64) {
         if let Some(observe) = self.observer.get() {
             observe(&message);
         }
@@ -340,17 +343,18 @@ impl Broker {
         // the cluster go to a local group member here. The broker's own `$` topics are never
         // forwarded and keep their groups local.
         let mut groups = true;
+        let mut ticket = 0;
         if let Some(forward) = self.forwarder.get() {
             if !message.topic.starts_with('$') {
                 groups = false;
                 if !message.publisher.starts_with(CLUSTER_PUBLISHER_PREFIX) {
-                    forward(&message);
+                    ticket = forward(&message);
                 }
             }
         }
         let retain = message.retain && self.limits.retain_available;
         let matches = self.tree().matches_with(&message.topic, groups);
-        self.deliver(message, matches, retain, journal)
+        (self.deliver(message, matches, retain, journal), ticket)
     }
 
     /// Delivers a message that came from the cluster for the shared subscription

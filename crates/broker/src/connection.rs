@@ -98,6 +98,9 @@ pub(crate) struct Attached {
     /// The store position the output written so far depends on: acknowledgements of what
     /// was stored, and deliveries recorded as sent.
     pub(crate) needs: u64,
+    /// The forwarder's ticket (cluster mode) the output written so far depends on: the
+    /// acknowledgements of publications the cluster must have first.
+    pub(crate) forwarded: u64,
     /// Handshake steps recorded by the handlers, written at the next flush.
     pub(crate) steps: Vec<persist::Step>,
     /// Whether one of `steps` must be durable before the output leaves.
@@ -220,6 +223,13 @@ impl Connection {
             }
             None => 0,
         }
+    }
+
+    /// The forwarder's ticket that must be confirmed before the output of this connection is
+    /// sent (0: none): in cluster mode, a publication is acknowledged once the cluster keeps
+    /// it, not only this node.
+    pub fn forward_needed(&self) -> u64 {
+        self.attached.as_ref().map_or(0, |a| a.forwarded)
     }
 
     /// The client identifier, once connected.

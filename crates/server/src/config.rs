@@ -73,6 +73,10 @@ pub struct ClusterConfig {
     /// Bytes the cluster's message stream keeps at most (the oldest go first).
     #[serde(default = "default_history_bytes")]
     pub history_bytes: u64,
+    /// Acknowledge QoS 1/2 publications only once the cluster's stream keeps them (a node's
+    /// death then loses nothing it acknowledged); off: as soon as this node has them.
+    #[serde(default = "default_true")]
+    pub wait_for_stream: bool,
 }
 
 fn default_history_seconds() -> u64 {
@@ -717,6 +721,7 @@ mod tests {
                 replicas: 3,
                 history_seconds: 600,
                 history_bytes: 1 << 20,
+                wait_for_stream: false,
             }),
             ..Config::default()
         };

@@ -38,7 +38,13 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
     /// In cluster mode: brings a client's session from the node it used before.
     pub(crate) sessions: Option<Arc<SessionMover>>,
+    /// In cluster mode: the highest forwarder ticket the cluster's stream has confirmed.
+    pub(crate) confirmed: Option<watch::Receiver<u64>>,
 }
+
+/// The longest a connection's output waits for the cluster to confirm its publications
+/// (the cluster link gives up after JetStream's own 5 s timeout; this is a safety net).
+const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 /// A token bucket per client: messages and bytes per second, a second's worth of burst.
 struct Throttle {
@@ -147,6 +153,7 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
     let mut throttle = Throttle::new(&ctx);
     let mut throttled_until: Option<Instant> = None;
     let mut durable_seen = 0u64;
+    let mut forwarded_seen = 0u64;
 
     let end = loop {
         let session = conn.session().cloned();
@@ -237,6 +244,15 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
             }
             durable_seen = needed;
         }
+        // In cluster mode an acknowledgement also waits until the cluster's stream keeps
+        // what it acknowledges, so that the death of this node loses nothing acknowledged.
+        let forwarded = conn.forward_needed();
+        if forwarded > forwarded_seen {
+            if let Some(confirmed) = &ctx.confirmed {
+                Box::pin(wait_confirmed(confirmed.clone(), forwarded)).await;
+            }
+            forwarded_seen = forwarded;
+        }
         if !out.is_empty() {
             broker
                 .stats
@@ -262,6 +278,11 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
     if let Some(will) = conn.end(end, now()) {
         tokio::spawn(publish_will_later(broker.clone(), will));
     }
+}
+
+/// Waits until the cluster link has confirmed `ticket` (or is gone, or `CONFIRM_WAIT` passed).
+async fn wait_confirmed(mut confirmed: watch::Receiver<u64>, ticket: u64) {
+    let _ = tokio::time::timeout(CONFIRM_WAIT, confirmed.wait_for(|&c| c >= ticket)).await;
 }
 
 /// Publishes a will when its delay has passed, unless its session was resumed meanwhile.

@@ -178,17 +178,19 @@ impl Server {
             shutdown: shutdown.subscribe(),
             metrics: Arc::new(metrics::Metrics::default()),
             sessions: None,
+            confirmed: None,
         };
         let counts = Arc::new(AddressCounts::default());
         let mut tasks = JoinSet::new();
         // Before the first listener: every message published here must reach the cluster.
         let cluster = config.cluster.as_ref().map(|c| {
             info!(node = %c.node, urls = ?c.nats_urls, "cluster mode");
-            let (status, mover) =
+            let joined =
                 cluster::start(broker.clone(), c.clone(), shutdown.subscribe(), &mut tasks);
-            let _ = ctx.metrics.cluster.set(status.clone());
-            ctx.sessions = Some(mover);
-            status
+            let _ = ctx.metrics.cluster.set(joined.status.clone());
+            ctx.sessions = Some(joined.sessions);
+            ctx.confirmed = Some(joined.confirmed);
+            joined.status
         });
         let mut addrs = Vec::new();
         let mut certs = Vec::new();

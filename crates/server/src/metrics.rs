@@ -472,6 +472,11 @@ pub(crate) fn render(
                 load(&c.dropped),
             ),
             (
+                "tern_cluster_unconfirmed_total",
+                "QoS 1/2 messages the cluster's stream did not confirm in time (acknowledged anyway).",
+                load(&c.unconfirmed),
+            ),
+            (
                 "tern_cluster_duplicates_total",
                 "Extra copies of a message from NATS dropped on arrival.",
                 load(&c.duplicates),

@@ -48,6 +48,7 @@ pub(crate) fn publish_all(
             ("messages/out", load(&c.forwarded_out)),
             ("messages/in", load(&c.forwarded_in)),
             ("messages/dropped", load(&c.dropped)),
+            ("messages/unconfirmed", load(&c.unconfirmed)),
             ("messages/duplicates", load(&c.duplicates)),
             ("retained/synced", load(&c.retained_synced)),
             ("clients/taken over", load(&c.taken_over)),

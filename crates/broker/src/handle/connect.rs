@@ -196,6 +196,7 @@ pub(crate) fn handle_connect(
         aliases_out: HashMap::new(),
         will,
         needs,
+        forwarded: 0,
         steps: Vec::new(),
         steps_wait: false,
     });

@@ -95,8 +95,8 @@ pub(crate) fn handle_publish(
     let allowed = broker
         .access
         .may_publish(&a.client_id, a.username.as_deref(), &topic);
-    let reached = if !allowed || topic.starts_with('$') {
-        0
+    let (reached, ticket) = if !allowed || topic.starts_with('$') {
+        (0, 0)
     } else {
         let message = Message {
             topic,
@@ -115,6 +115,7 @@ pub(crate) fn handle_publish(
         broker.route_logged(Arc::new(message), &mut journal)
     };
     a.needs = a.needs.max(persist::commit(journal));
+    a.forwarded = a.forwarded.max(ticket);
 
     if let Some(id) = packet_id {
         let mut ack = Ack::new(id);

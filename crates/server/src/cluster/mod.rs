@@ -26,14 +26,13 @@
 //!   per message and the node's group one member (`Broker::route_shared`); the broker then
 //!   never gives local publications to local group members directly.
 //!
-//! - **moving sessions**: when a client connects to a node other than the one the registry
-//!   names, the node asks that one for the session (`SessionMover`; the old node uses
-//!   `Broker::export_session`, the new one `Broker::import_session`) before handling the
-//!   CONNECT.
+//! - **acknowledging after the stream** (`wait_for_stream`): QoS 1/2 messages are published
+//!   through JetStream and their publishers' acknowledgements wait for the stream's
+//!   (`publish_loop`, the connections' `confirmed` ticket).
+//! - **sessions that move and outlive their node**: `sessions.rs`.
 //!
-//! What this does not do yet (docs/cluster.md): keeping persistent sessions when their node
-//! dies, QoS 1/2 guarantees across node failures (a message crosses the cluster at most once:
-//! core NATS).
+//! What this does not do yet (docs/cluster.md): exactly once for QoS 2 across a node's death,
+//! delivery to connected subscribers on live nodes when a NATS server dies mid-message.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::{Client, ConnectOptions, Event};
 use futures_util::StreamExt;
@@ -61,6 +61,9 @@ pub(crate) use sessions::SessionMover;
 /// Messages waiting to be published on NATS; beyond this, new ones are dropped and counted.
 const OUTGOING_CAPACITY: usize = 100_000;
 
+/// QoS 1/2 messages published through JetStream whose acknowledgement is awaited at once.
+const ACKS_IN_FLIGHT: usize = 10_000;
+
 /// How many recent (origin, sequence) pairs a node remembers to drop the extra copies NATS
 /// delivers when several of its subscriptions match one message.
 const SEEN_WINDOW: usize = 1 << 16;
@@ -78,6 +81,9 @@ pub struct ClusterStatus {
     pub forwarded_in: AtomicU64,
     /// Messages not forwarded because the outgoing queue was full or NATS refused them.
     pub dropped: AtomicU64,
+    /// QoS 1/2 messages the stream did not confirm in time (their publishers were
+    /// acknowledged anyway).
+    pub unconfirmed: AtomicU64,
     /// Extra copies of one message dropped on arrival.
     pub duplicates: AtomicU64,
     /// NATS subjects this node subscribes to now.
@@ -112,17 +118,36 @@ pub(crate) fn start(
     config: ClusterConfig,
     shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> (Arc<ClusterStatus>, Arc<SessionMover>) {
+) -> Joined {
     let status = Arc::new(ClusterStatus {
         node: config.node.clone(),
         ..ClusterStatus::default()
     });
     let origin = RandomState::new().build_hasher().finish();
-    let (out_tx, out_rx) = mpsc::channel::<Arc<Message>>(OUTGOING_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel::<(Arc<Message>, u64)>(OUTGOING_CAPACITY);
+    let (confirmed_tx, confirmed_rx) = watch::channel(0u64);
     let full = status.clone();
+    let last_ticket = Mutex::new(0u64);
+    let wait_for_stream = config.wait_for_stream;
     broker.set_forwarder(Box::new(move |message| {
-        if out_tx.try_send(message.clone()).is_err() {
-            full.dropped.fetch_add(1, Ordering::Relaxed);
+        // QoS 1/2 messages get a ticket, and their publisher's acknowledgement waits until the
+        // stream confirms it. Tickets are numbered and queued under one lock, so the queue
+        // holds them in order and confirming one confirms every earlier one.
+        let mut last = last_ticket.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = if message.qos == QoS::AtMostOnce || !wait_for_stream {
+            0
+        } else {
+            *last + 1
+        };
+        match out_tx.try_send((message.clone(), ticket)) {
+            Ok(()) => {
+                *last = (*last).max(ticket);
+                ticket
+            }
+            Err(_) => {
+                full.dropped.fetch_add(1, Ordering::Relaxed);
+                0
+            }
         }
     }));
     let (connect_tx, connect_rx) = mpsc::unbounded_channel();
@@ -148,9 +173,22 @@ pub(crate) fn start(
         status: status.clone(),
         origin,
         mover: mover.clone(),
+        confirmed: confirmed_tx,
     };
     tasks.spawn(link.run(out_rx, interest_rx, connect_rx, initial, shutdown));
-    (status, mover)
+    Joined {
+        status,
+        sessions: mover,
+        confirmed: confirmed_rx,
+    }
+}
+
+/// What a node that joined the cluster hands to its connections.
+pub(crate) struct Joined {
+    pub(crate) status: Arc<ClusterStatus>,
+    pub(crate) sessions: Arc<SessionMover>,
+    /// The highest forwarder ticket (`tern_broker::Forwarder`) the stream has confirmed.
+    pub(crate) confirmed: watch::Receiver<u64>,
 }
 
 struct Link {
@@ -158,13 +196,14 @@ struct Link {
     config: ClusterConfig,
     status: Arc<ClusterStatus>,
     origin: u64,
+    confirmed: watch::Sender<u64>,
     mover: Arc<SessionMover>,
 }
 
 impl Link {
     async fn run(
         self,
-        out_rx: mpsc::Receiver<Arc<Message>>,
+        out_rx: mpsc::Receiver<(Arc<Message>, u64)>,
         interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
         connect_rx: mpsc::UnboundedReceiver<String>,
         initial: Vec<String>,
@@ -263,30 +302,71 @@ impl Link {
     }
 
     /// Publishes what this node's clients publish; retained messages also go to the bucket.
+    /// QoS 1/2 messages are published through JetStream, whose acknowledgement says the
+    /// stream keeps them; the acknowledgements are awaited in order by a second loop, which
+    /// confirms each message's ticket so its publisher's PUBACK/PUBREC can leave. A stream
+    /// that does not answer within JetStream's timeout (NATS unreachable) is counted as
+    /// unconfirmed and the ticket confirmed anyway: publishers are slowed, not stopped.
     async fn publish_loop(
         self: Arc<Self>,
         client: Client,
-        mut out_rx: mpsc::Receiver<Arc<Message>>,
+        mut out_rx: mpsc::Receiver<(Arc<Message>, u64)>,
         retained_tx: mpsc::UnboundedSender<Arc<Message>>,
     ) {
-        let mut seq = 0u64;
-        while let Some(message) = out_rx.recv().await {
-            seq += 1;
-            let subject = subject_of(&self.config.prefix, &message.topic);
-            let body = Envelope::encode(&message, self.origin, seq, now());
-            match client.publish(subject, body.into()).await {
-                Ok(()) => {
-                    self.status.forwarded_out.fetch_add(1, Ordering::Relaxed);
+        let js = async_nats::jetstream::new(client.clone());
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Option<PublishAckFuture>)>(ACKS_IN_FLIGHT);
+        let send = async {
+            let mut seq = 0u64;
+            while let Some((message, ticket)) = out_rx.recv().await {
+                seq += 1;
+                let subject = subject_of(&self.config.prefix, &message.topic);
+                let body = Envelope::encode(&message, self.origin, seq, now());
+                let sent = if ticket == 0 {
+                    client
+                        .publish(subject, body.into())
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    match js.publish(subject, body.into()).await {
+                        Ok(ack) => {
+                            let _ = ack_tx.send((ticket, Some(ack))).await;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = ack_tx.send((ticket, None)).await;
+                            Err(e.to_string())
+                        }
+                    }
+                };
+                match sent {
+                    Ok(()) => {
+                        self.status.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.status.error(format!("publishing on NATS: {e}"));
+                    }
                 }
-                Err(e) => {
-                    self.status.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.status.error(format!("publishing on NATS: {e}"));
+                if message.retain {
+                    let _ = retained_tx.send(message);
                 }
             }
-            if message.retain {
-                let _ = retained_tx.send(message);
+        };
+        let confirm = async {
+            while let Some((ticket, ack)) = ack_rx.recv().await {
+                let confirmed = match ack {
+                    Some(ack) => ack.await.map_err(|e| e.to_string()),
+                    None => Err("not sent".into()),
+                };
+                if let Err(e) = confirmed {
+                    self.status.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                    self.status
+                        .error(format!("the stream did not confirm a message: {e}"));
+                }
+                self.confirmed.send_replace(ticket);
             }
-        }
+        };
+        tokio::join!(send, confirm);
     }
 
     /// Keeps one NATS subscription per subject the local filters need, and one queue
