@@ -463,6 +463,85 @@ def test_a_persistent_session_moves_with_its_client(cluster, version):
     pub.close()
 
 
+def test_no_message_is_missed_while_a_session_moves(cluster):
+    """A persistent QoS 1 subscriber moves between nodes a and b three times while a publisher
+    on node c publishes without pause. The new node subscribes before the old one lets go,
+    so every message the publisher had acknowledged reaches the subscriber [MQTT-4.3.2-1]
+    [MQTT-3.1.2-5]; the copies both nodes got are delivered once."""
+    nodes, _ = cluster
+    got = []
+    lock = threading.Lock()
+
+    def connect(node):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mover2",
+                        protocol=mqtt.MQTTv311, clean_session=False)
+
+        def on_message(cl, u, m):
+            with lock:
+                got.append(m.payload)
+
+        c.on_message = on_message
+        done = threading.Event()
+        c.on_connect = lambda *a: done.set()
+        c.connect("127.0.0.1", node.port, keepalive=30)
+        c.loop_start()
+        assert done.wait(10), "no CONNACK"
+        return c
+
+    sub = connect(nodes["a"])
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe("moving/#", 1)
+    assert subscribed.wait(10)
+    pub = Client(nodes["c"], "moving-pub", version=mqtt.MQTTv311)
+    n = 0
+
+    def routed():
+        nonlocal n
+        n += 1
+        pub.publish("moving/probe", f"probe {n}".encode())
+        time.sleep(0.05)
+        with lock:
+            return any(p.startswith(b"probe") for p in got)
+
+    wait_for(routed, timeout=20, what="c's messages to reach the subscriber on a")
+    acked = []
+    stop = threading.Event()
+
+    def publish():
+        i = 0
+        while not stop.is_set():
+            info = pub.c.publish("moving/x", f"m {i}".encode(), qos=1)
+            info.wait_for_publish(10)
+            if info.is_published():
+                acked.append(f"m {i}".encode())
+            i += 1
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        for node in ("b", "a", "b"):
+            before = len(acked)
+            wait_for(lambda: len(acked) >= before + 150, timeout=30, what="messages flowing")
+            old, sub = sub, connect(nodes[node])
+            old.loop_stop()
+        before = len(acked)
+        wait_for(lambda: len(acked) >= before + 150, timeout=30, what="messages after the moves")
+    finally:
+        stop.set()
+        publisher.join()
+
+    def all_there():
+        with lock:
+            return set(acked) <= set(got)
+
+    wait_for(all_there, timeout=30, what="every acknowledged message")
+    assert nodes["b"].log().count("session taken over from another node") == 2
+    sub.disconnect()
+    sub.loop_stop()
+    pub.close()
+
+
 def test_a_session_outlives_its_node(cluster):
     """A persistent subscriber (3.1.1, Clean Session 0, QoS 1) on node a while a publisher on
     node c publishes QoS 1 messages; node a is killed with SIGKILL mid-stream. The subscriber

@@ -132,6 +132,7 @@ impl Broker {
             publisher: Arc::from("$admin"),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
             expires_at: None,
         });
         let mut journal = self.journal();

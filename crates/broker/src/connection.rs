@@ -430,6 +430,7 @@ impl Broker {
             publisher: Arc::from(""),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
         };
         self.route(Arc::new(message));
     }

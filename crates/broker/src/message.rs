@@ -30,6 +30,9 @@ pub struct Message {
     pub stored: OnceLock<u64>,
     /// Encodings shared by subscribers that receive the same bytes.
     pub encoded: EncodeCache,
+    /// In cluster mode, the node that first published it and that node's number for it: the
+    /// same for every copy on every node (set once, by the forwarder or on arrival).
+    pub cluster_id: OnceLock<(u64, u64)>,
 }
 
 impl Message {
@@ -120,6 +123,7 @@ mod tests {
             expires_at: None,
             stored: OnceLock::new(),
             encoded: EncodeCache::default(),
+            cluster_id: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@
 //! Bytes: a format byte, then integers little-endian and fixed width; strings and byte
 //! strings as a `u32` length and the bytes; an optional value as a `0`/`1` byte and the value.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::persist;
 use crate::session::{Inflight, Outgoing, Session};
 use crate::tree::Subscriber;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// The connection id a moved session is left owned by: no connection has it, so the
 /// connection that held the session ends without touching it and a delayed will waiting for
@@ -87,6 +88,85 @@ impl Broker {
         bytes
     }
 
+    /// The first step of moving `client_id`'s session to another node: the connection
+    /// holding it is closed with Session Taken Over (0x8E) [MQTT-3.1.4-3], so that nothing
+    /// more is delivered here, and the session's subscriptions are returned (as bytes for
+    /// [`Broker::import_placeholder`]) while the session stays and keeps queueing. The new
+    /// node subscribes with them and then asks for the whole session
+    /// ([`Broker::export_session`]): every message reaches one or the other, and
+    /// [`Broker::import_session`] drops the ones both have. `None`: nothing to move.
+    pub fn prepare_move(&self, client_id: &str, now: Instant) -> Option<Vec<u8>> {
+        let session = self.session(client_id)?;
+        let skeleton = {
+            let mut state = session.lock();
+            if state.owner.is_some() {
+                state.kick = Some(ReasonCode::SESSION_TAKEN_OVER);
+                state.owner = None;
+                state.disconnected_at = Some(now);
+                state.peer = None;
+                state.connected_since = None;
+            }
+            (state.expiry_interval > 0 && !state.is_expired(now))
+                .then(|| encode_with(&state, now, false))
+        };
+        session.wake.notify_one();
+        skeleton
+    }
+
+    /// Creates, from a session's subscriptions ([`Broker::prepare_move`]), a session that
+    /// collects what is published while the move goes on; it is not written to the store (the
+    /// old node still has everything) and [`Broker::import_session`] fills it in. Does nothing
+    /// when a session of that client is here already.
+    pub fn import_placeholder(
+        &self,
+        client_id: &str,
+        skeleton: &[u8],
+        now: Instant,
+    ) -> Result<(), MoveError> {
+        let moved = decode(skeleton, now).ok_or(MoveError::Malformed)?;
+        let session = {
+            let mut sessions = self.sessions();
+            if sessions.contains_key(client_id) {
+                return Ok(());
+            }
+            let session = Arc::new(Session::new(Arc::from(client_id), moved.version));
+            {
+                let mut state = session.lock();
+                state.expiry_interval = moved.expiry_interval;
+                state.username = moved.username.clone();
+                state.disconnected_at = Some(now);
+            }
+            sessions.insert(session.client_id.clone(), session.clone());
+            session
+        };
+        self.add_subscriptions(&session, &moved);
+        Ok(())
+    }
+
+    /// Puts `moved`'s subscriptions into the session and the tree (the tree without the
+    /// session's lock held: routing takes the tree's lock, then sessions').
+    fn add_subscriptions(&self, session: &Arc<Session>, moved: &Moved) {
+        {
+            let mut state = session.lock();
+            for (filter, options, id) in &moved.subscriptions {
+                state.subscriptions.insert(filter.clone(), (*options, *id));
+            }
+        }
+        for (filter, options, id) in &moved.subscriptions {
+            let Ok(f) = tern_proto::TopicFilter::new(filter) else {
+                continue;
+            };
+            let subscriber = Subscriber {
+                session: session.clone(),
+                options: *options,
+                id: *id,
+                share: f.shared().map(|_| Arc::from(filter.as_str())),
+                username: moved.username.clone(),
+            };
+            self.tree_mut().insert(f, subscriber);
+        }
+    }
+
     /// What another node needs to rebuild each persistent session here if this node dies
     /// (cluster mode): its identifier, its subscriptions as bytes for
     /// [`Broker::import_session`] (no queue: the messages are in the cluster's stream), whether
@@ -144,13 +224,16 @@ impl Broker {
         let client: Arc<str> = Arc::from(client_id);
         let old = {
             let mut sessions = self.sessions();
-            if sessions
-                .get(client_id)
-                .is_some_and(|old| old.lock().owner.is_some())
-            {
-                return Err(MoveError::Attached);
+            match sessions.get(client_id) {
+                Some(old) if old.lock().owner.is_some() => return Err(MoveError::Attached),
+                // A placeholder (not in the store): filled in where it is.
+                Some(old) if !old.is_persistent() => {
+                    let old = old.clone();
+                    drop(sessions);
+                    return Ok(self.fill_placeholder(&old, moved, now));
+                }
+                _ => sessions.remove(client_id),
             }
-            sessions.remove(client_id)
         };
         let mut journal = self.journal();
         if let Some(old) = old {
@@ -203,6 +286,66 @@ impl Broker {
         }
         self.sessions().insert(client, session);
         Ok(durable)
+    }
+
+    /// Makes `session` (a placeholder, or a session this node had without its store) the
+    /// session `moved` describes, keeping after its queue the messages the placeholder got
+    /// that `moved` does not have (by their cluster identity), and writes it to the store.
+    fn fill_placeholder(&self, session: &Arc<Session>, moved: Moved, now: Instant) -> u64 {
+        let mut journal = self.journal();
+        let old_filters: Vec<String> = {
+            let mut state = session.lock();
+            let ids = |o: &Outgoing| o.message.cluster_id.get().copied();
+            let known: HashSet<(u64, u64)> = moved
+                .queue
+                .iter()
+                .filter_map(ids)
+                .chain(moved.inflight.iter().filter_map(|(_, e)| match e {
+                    Inflight::Publish(o) => ids(o),
+                    Inflight::Release { .. } => None,
+                }))
+                .collect();
+            let mut queue = crate::session::Queue::default();
+            for out in moved.queue.iter().cloned() {
+                queue.push_back(out);
+            }
+            while let Some(mut out) = state.queue.pop_front() {
+                if ids(&out).is_some_and(|id| known.contains(&id)) {
+                    continue;
+                }
+                out.seq = 0;
+                out.ordinal = 0;
+                queue.push_back(out);
+            }
+            state.queue = queue;
+            state.inflight = moved.inflight.iter().cloned().collect();
+            state.incoming_qos2 = moved.incoming_qos2.iter().copied().collect();
+            state.expiry_interval = moved.expiry_interval;
+            state.username = moved.username.clone();
+            state.version = moved.version;
+            state.disconnected_at = Some(now);
+            let old: Vec<String> = state.subscriptions.drain().map(|(f, _)| f).collect();
+            if let Some(j) = journal.as_mut() {
+                for (filter, options, id) in &moved.subscriptions {
+                    state.subscriptions.insert(filter.clone(), (*options, *id));
+                }
+                persist::write_whole_session(j, &session.client_id, &mut state, None);
+                state.subscriptions.clear();
+                session.set_persistent(true);
+            }
+            old
+        };
+        let durable = persist::commit(journal);
+        self.add_subscriptions(session, &moved);
+        let kept: HashSet<&str> = moved
+            .subscriptions
+            .iter()
+            .map(|(f, _, _)| f.as_str())
+            .collect();
+        for filter in old_filters.iter().filter(|f| !kept.contains(f.as_str())) {
+            self.tree_mut().remove(filter, &session.client_id);
+        }
+        durable
     }
 
     /// Reads back the payloads of the session's offloaded messages (`persist.rs`), which are
@@ -346,6 +489,14 @@ fn put_outgoing(w: &mut Vec<u8>, out: &Outgoing, now: Instant) {
         }
         None => w.push(0),
     }
+    match m.cluster_id.get() {
+        Some(&(origin, seq)) => {
+            w.push(1);
+            w.extend_from_slice(&origin.to_le_bytes());
+            w.extend_from_slice(&seq.to_le_bytes());
+        }
+        None => w.push(0),
+    }
 }
 
 fn put_u32(w: &mut Vec<u8>, v: u32) {
@@ -466,6 +617,10 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
+        let cluster_id = OnceLock::new();
+        if self.flag()? {
+            let _ = cluster_id.set((self.u64()?, self.u64()?));
+        }
         let message = Message {
             topic,
             payload,
@@ -476,6 +631,7 @@ impl<'a> Reader<'a> {
             expires_at,
             stored: OnceLock::new(),
             encoded: Default::default(),
+            cluster_id,
         };
         Some(Outgoing {
             message: Arc::new(message),

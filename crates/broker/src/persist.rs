@@ -228,6 +228,7 @@ pub(crate) fn owned_message(store: &Store, m: OwnedMessage, now: Instant) -> Opt
         expires_at: m.expires_at.map(|ms| store.instant_of(ms, now)),
         stored: Default::default(),
         encoded: Default::default(),
+        cluster_id: Default::default(),
     })
 }
 
@@ -257,6 +258,7 @@ fn stand_in(m: &Message, id: u64) -> Message {
         expires_at: m.expires_at,
         stored: std::sync::OnceLock::from(id),
         encoded: Default::default(),
+        cluster_id: Default::default(),
     }
 }
 

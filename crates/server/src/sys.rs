@@ -158,6 +158,7 @@ fn publish(broker: &Broker, name: &str, value: String) {
         publisher: Arc::from("$SYS"),
         stored: Default::default(),
         encoded: Default::default(),
+        cluster_id: Default::default(),
         expires_at: None,
     }));
 }

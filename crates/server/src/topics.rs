@@ -143,6 +143,7 @@ mod tests {
             publisher: Arc::from("p"),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
             expires_at: None,
         }
     }

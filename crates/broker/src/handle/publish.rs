@@ -107,6 +107,7 @@ pub(crate) fn handle_publish(
             publisher: a.client_id.clone(),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
             expires_at: p
                 .properties
                 .message_expiry_interval

@@ -127,21 +127,25 @@ pub(crate) fn start(
     let (out_tx, out_rx) = mpsc::channel::<(Arc<Message>, u64)>(OUTGOING_CAPACITY);
     let (confirmed_tx, confirmed_rx) = watch::channel(0u64);
     let full = status.clone();
-    let last_ticket = Mutex::new(0u64);
+    // (last ticket, last sequence number)
+    let numbers = Mutex::new((0u64, 0u64));
     let wait_for_stream = config.wait_for_stream;
     broker.set_forwarder(Box::new(move |message| {
         // QoS 1/2 messages get a ticket, and their publisher's acknowledgement waits until the
         // stream confirms it. Tickets are numbered and queued under one lock, so the queue
-        // holds them in order and confirming one confirms every earlier one.
-        let mut last = last_ticket.lock().unwrap_or_else(|p| p.into_inner());
+        // holds them in order and confirming one confirms every earlier one. Every message
+        // gets its cluster identity (this node, a sequence number) here too.
+        let mut last = numbers.lock().unwrap_or_else(|p| p.into_inner());
         let ticket = if message.qos == QoS::AtMostOnce || !wait_for_stream {
             0
         } else {
-            *last + 1
+            last.0 + 1
         };
+        last.1 += 1;
+        let _ = message.cluster_id.set((origin, last.1));
         match out_tx.try_send((message.clone(), ticket)) {
             Ok(()) => {
-                *last = (*last).max(ticket);
+                last.0 = last.0.max(ticket);
                 ticket
             }
             Err(_) => {
@@ -158,14 +162,16 @@ pub(crate) fn start(
         }
     }));
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+    let hook_tx = interest_tx.clone();
     let initial = broker.set_interest(Box::new(move |filter, add| {
-        let _ = interest_tx.send((filter.to_string(), add));
+        let _ = hook_tx.send(Interest::Filter(filter.to_string(), add));
     }));
     let mover = Arc::new(SessionMover::new(
         broker.clone(),
         config.clone(),
         origin,
         status.clone(),
+        interest_tx,
     ));
     let link = Link {
         broker,
@@ -204,7 +210,7 @@ impl Link {
     async fn run(
         self,
         out_rx: mpsc::Receiver<(Arc<Message>, u64)>,
-        interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
+        interest_rx: mpsc::UnboundedReceiver<Interest>,
         connect_rx: mpsc::UnboundedReceiver<String>,
         initial: Vec<String>,
         mut shutdown: watch::Receiver<bool>,
@@ -316,9 +322,8 @@ impl Link {
         let js = async_nats::jetstream::new(client.clone());
         let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Option<PublishAckFuture>)>(ACKS_IN_FLIGHT);
         let send = async {
-            let mut seq = 0u64;
             while let Some((message, ticket)) = out_rx.recv().await {
-                seq += 1;
+                let seq = message.cluster_id.get().map_or(0, |&(_, seq)| seq);
                 let subject = subject_of(&self.config.prefix, &message.topic);
                 let body = Envelope::encode(&message, self.origin, seq, now());
                 let sent = if ticket == 0 {
@@ -375,7 +380,7 @@ impl Link {
         self: Arc<Self>,
         client: Client,
         groups_client: Client,
-        mut interest_rx: mpsc::UnboundedReceiver<(String, bool)>,
+        mut interest_rx: mpsc::UnboundedReceiver<Interest>,
         initial: Vec<String>,
     ) {
         let mut subs = Subscriptions {
@@ -390,10 +395,17 @@ impl Link {
         }
         loop {
             tokio::select! {
-                change = interest_rx.recv() => {
-                    let Some((filter, add)) = change else { return };
-                    self.interest(&mut subs, &filter, add).await;
-                }
+                change = interest_rx.recv() => match change {
+                    Some(Interest::Filter(filter, add)) => {
+                        self.interest(&mut subs, &filter, add).await;
+                    }
+                    Some(Interest::Barrier(done)) => {
+                        let _ = subs.client.flush().await;
+                        let _ = subs.groups_client.flush().await;
+                        let _ = done.send(());
+                    }
+                    None => return,
+                },
                 Some((key, m)) = subs.map.next(), if !subs.map.is_empty() => {
                     self.arrived(&key, &m.payload, &mut seen);
                 }
@@ -648,6 +660,7 @@ impl Link {
             expires_at: None,
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
         };
         let message = match entry.operation {
             Operation::Put => {
@@ -670,6 +683,14 @@ impl Link {
         self.status.retained_synced.fetch_add(1, Ordering::Relaxed);
         self.broker.set_retained(Arc::new(message));
     }
+}
+
+/// A change for the NATS subscriptions of the node.
+pub(super) enum Interest {
+    /// A filter gained its first subscription (`true`) or lost its last one.
+    Filter(String, bool),
+    /// Answered once every change sent before is known to the NATS server.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What a NATS subscription of the node is for.
@@ -814,6 +835,7 @@ impl Envelope {
                 .map(|s| now + Duration::from_secs(u64::from(s).saturating_sub(age))),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: std::sync::OnceLock::from((self.origin, self.seq)),
         }
     }
 }
@@ -963,6 +985,7 @@ mod tests {
             expires_at: Some(start + Duration::from_secs(30)),
             stored: Default::default(),
             encoded: Default::default(),
+            cluster_id: Default::default(),
         };
         let bytes = Envelope::encode(&m, 7, 9, start);
         let e = Envelope::decode(&bytes).expect("decodes");

@@ -27,15 +27,20 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::Client;
 use futures_util::StreamExt;
 use tern_broker::Broker;
+use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{key_of, subjects_of, ClusterStatus, Envelope};
+use super::{key_of, subjects_of, ClusterStatus, Envelope, Interest};
 use crate::config::ClusterConfig;
 use crate::now;
 
 /// How long a node waits for the node that held a client's session to hand it over before
 /// it rebuilds the session from its summary instead.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a new subscription takes to be known on the other servers of a NATS cluster
+/// once the node's own server has it (route propagation; milliseconds on a LAN).
+const INTEREST_SPREAD: Duration = Duration::from_millis(50);
 
 /// How often a node writes its sessions' summaries.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -97,6 +102,21 @@ pub(crate) struct SessionMover {
     durable: OnceLock<Durable>,
     written: Mutex<HashMap<Arc<str>, Written>>,
     hasher: RandomState,
+    /// The receive loop's NATS subscriptions, for a barrier during a move.
+    interest: mpsc::UnboundedSender<Interest>,
+}
+
+/// What a handover request asks of the node that holds a session (its first byte).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Ask {
+    /// The client connected elsewhere with Clean Start: close and forget the session.
+    Discard = 0,
+    /// Close the client's connection and answer with the session's subscriptions; keep
+    /// queueing.
+    Prepare = 1,
+    /// Let go of the session and answer with all of it.
+    Export = 2,
 }
 
 impl SessionMover {
@@ -105,6 +125,7 @@ impl SessionMover {
         config: ClusterConfig,
         origin: u64,
         status: Arc<ClusterStatus>,
+        interest: mpsc::UnboundedSender<Interest>,
     ) -> Self {
         SessionMover {
             broker,
@@ -115,6 +136,7 @@ impl SessionMover {
             durable: OnceLock::new(),
             written: Mutex::new(HashMap::new()),
             hasher: RandomState::new(),
+            interest,
         }
     }
 
@@ -166,34 +188,66 @@ impl SessionMover {
         if origin == self.origin {
             return;
         }
-        let mut request = vec![u8::from(clean_start)];
-        request.extend_from_slice(client_id.as_bytes());
-        let subject = handover_subject(&self.config.prefix, origin);
-        let reply =
-            tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.into())).await;
-        let bytes = match reply {
-            Ok(Ok(message)) => message.payload,
+        let ask = |what: Ask| {
+            let mut request = vec![what as u8];
+            request.extend_from_slice(client_id.as_bytes());
+            let subject = handover_subject(&self.config.prefix, origin);
+            tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.into()))
+        };
+        if clean_start {
+            // The old session ends; a node that does not answer keeps a copy until it comes
+            // back and sees that the client is elsewhere.
+            let _ = ask(Ask::Discard).await;
+            return;
+        }
+        // Two steps, so that nothing published during the move is missed: the old node stops
+        // delivering and sends the subscriptions; this node subscribes (a placeholder session
+        // collects what arrives); only then does the old node let go and send the session,
+        // and the copies both nodes got are dropped by their cluster identity.
+        let skeleton = match ask(Ask::Prepare).await {
+            Ok(Ok(reply)) => reply.payload,
             Ok(Err(e)) => {
                 // No responders: the node is gone.
                 info!(client_id, owner = %owner, "cluster: the node that held this client does not answer ({e})");
-                if !clean_start {
-                    self.recover(client_id).await;
-                }
+                self.recover(client_id).await;
                 return;
             }
             Err(_) => {
                 self.status.error(format!(
-                    "{owner} did not hand over {client_id} in time; rebuilding it here"
+                    "{owner} did not answer for {client_id} in time; rebuilding it here"
                 ));
-                if !clean_start {
-                    self.recover(client_id).await;
+                self.recover(client_id).await;
+                return;
+            }
+        };
+        if skeleton.is_empty() {
+            return;
+        }
+        if let Err(e) = self.broker.import_placeholder(client_id, &skeleton, now()) {
+            self.status
+                .error(format!("taking over the session of {client_id}: {e}"));
+            return;
+        }
+        self.subscribed().await;
+        let bytes = match ask(Ask::Export).await {
+            Ok(Ok(reply)) if !reply.payload.is_empty() => reply.payload,
+            Ok(Ok(_)) => skeleton,
+            _ => {
+                self.status.error(format!(
+                    "{owner} did not hand over {client_id}; rebuilding it here"
+                ));
+                self.recover(client_id).await;
+                // Without a summary to rebuild from, the placeholder becomes the session.
+                if self
+                    .broker
+                    .session(client_id)
+                    .is_some_and(|s| !s.is_persistent())
+                {
+                    let _ = self.broker.import_session(client_id, &skeleton, now());
                 }
                 return;
             }
         };
-        if bytes.is_empty() || clean_start {
-            return;
-        }
         match self.broker.import_session(client_id, &bytes, now()) {
             Ok(seq) => {
                 self.status
@@ -212,6 +266,16 @@ impl SessionMover {
                 .status
                 .error(format!("taking over the session of {client_id}: {e}")),
         }
+    }
+
+    /// Returns once the NATS servers know the subscriptions this node asked for so far:
+    /// its own server at once (a flush), the others of a NATS cluster a moment later.
+    async fn subscribed(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.interest.send(Interest::Barrier(done)).is_ok() {
+            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, wait).await;
+        }
+        tokio::time::sleep(INTEREST_SPREAD).await;
     }
 
     async fn wait_durable(&self, seq: u64) {
@@ -365,7 +429,7 @@ impl SessionMover {
         };
         while let Some(request) = requests.next().await {
             let Some(reply) = request.reply else { continue };
-            let Some((&clean, id)) = request.payload.split_first() else {
+            let Some((&ask, id)) = request.payload.split_first() else {
                 continue;
             };
             let Ok(id) = std::str::from_utf8(id) else {
@@ -378,23 +442,28 @@ impl SessionMover {
                 );
                 self.status.taken_over.fetch_add(1, Ordering::Relaxed);
             }
-            // The new node writes the session's summary from now on.
-            self.written().remove(id);
-            let bytes = self.broker.export_session(id, now());
-            if bytes.is_some() {
-                self.status
-                    .sessions_moved_out
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(
-                    client_id = id,
-                    discarded = clean == 1,
-                    "cluster: session handed to another node"
-                );
-            }
-            let body = if clean == 1 {
-                Vec::new()
+            let body = if ask == Ask::Prepare as u8 {
+                self.broker.prepare_move(id, now()).unwrap_or_default()
             } else {
-                bytes.unwrap_or_default()
+                // The new node writes the session's summary from now on.
+                self.written().remove(id);
+                let bytes = self.broker.export_session(id, now());
+                let discard = ask == Ask::Discard as u8;
+                if bytes.is_some() {
+                    self.status
+                        .sessions_moved_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        client_id = id,
+                        discarded = discard,
+                        "cluster: session handed to another node"
+                    );
+                }
+                if discard {
+                    Vec::new()
+                } else {
+                    bytes.unwrap_or_default()
+                }
             };
             if let Err(e) = client.publish(reply, body.into()).await {
                 self.status.error(format!("handing over {id}: {e}"));
