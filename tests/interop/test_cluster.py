@@ -309,6 +309,46 @@ def test_cluster_keeps_working_when_a_nats_server_is_killed(cluster):
         c.close()
 
 
+def test_a_nats_outage_loses_nothing_for_connected_subscribers(cluster):
+    """A QoS 1 subscriber on node b, a publisher on node a publishing without pause; the NATS
+    server node b uses is killed. While b reconnects to another NATS server it gets nothing
+    live; once back it reads what it missed from the cluster's stream, so every message the
+    publisher had acknowledged reaches the subscriber [MQTT-4.3.2-1]."""
+    nodes, nats = cluster
+    sub = Client(nodes["b"], "outage-sub", version=mqtt.MQTTv311)
+    sub.subscribe("outage/#", 1)
+    pub = Client(nodes["a"], "outage-pub", version=mqtt.MQTTv311)
+    until_routed(pub, "outage/probe", [sub], "outage")
+    acked = []
+    stop = threading.Event()
+
+    def publish():
+        i = 0
+        while not stop.is_set():
+            info = pub.c.publish("outage/x", f"o {i}".encode(), qos=1)
+            info.wait_for_publish(10)
+            if info.is_published():
+                acked.append(f"o {i}".encode())
+            i += 1
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_for(lambda: len(acked) >= 100, timeout=30, what="messages flowing")
+        nats[1].kill()
+        wait_for(lambda: "back on NATS" in nodes["b"].log(), timeout=30, what="b back on NATS")
+        before = len(acked)
+        wait_for(lambda: len(acked) >= before + 100, timeout=30, what="messages after the outage")
+    finally:
+        stop.set()
+        publisher.join()
+    wait_for(lambda: {m[1] for m in sub.got(b"o ")} >= set(acked), timeout=30,
+             what="every acknowledged message")
+    assert metric(nodes["b"], "tern_cluster_caught_up_total") >= 1
+    sub.close()
+    pub.close()
+
+
 def test_a_client_connecting_to_another_node_takes_its_session_over(cluster):
     """The same client identifier connecting to node b while connected to node a: a closes
     the old connection, telling an MQTT 5 client Session Taken Over (0x8E) [MQTT-3.1.4-3]

@@ -43,8 +43,8 @@ pub(crate) struct Context {
 }
 
 /// The longest a connection's output waits for the cluster to confirm its publications
-/// (the cluster link gives up after JetStream's own 5 s timeout; this is a safety net).
-const CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// (the cluster link gives up after 30 s; this is a safety net).
+const CONFIRM_WAIT: Duration = Duration::from_secs(40);
 
 /// A token bucket per client: messages and bytes per second, a second's worth of burst.
 struct Throttle {

@@ -472,6 +472,11 @@ pub(crate) fn render(
                 load(&c.dropped),
             ),
             (
+                "tern_cluster_caught_up_total",
+                "Messages read from the cluster's stream after an outage of the NATS connection.",
+                load(&c.caught_up),
+            ),
+            (
                 "tern_cluster_unconfirmed_total",
                 "QoS 1/2 messages the cluster's stream did not confirm in time (acknowledged anyway).",
                 load(&c.unconfirmed),

@@ -49,6 +49,7 @@ pub(crate) fn publish_all(
             ("messages/in", load(&c.forwarded_in)),
             ("messages/dropped", load(&c.dropped)),
             ("messages/unconfirmed", load(&c.unconfirmed)),
+            ("messages/caught up", load(&c.caught_up)),
             ("messages/duplicates", load(&c.duplicates)),
             ("retained/synced", load(&c.retained_synced)),
             ("clients/taken over", load(&c.taken_over)),

@@ -61,6 +61,22 @@ pub(crate) use sessions::SessionMover;
 /// Messages waiting to be published on NATS; beyond this, new ones are dropped and counted.
 const OUTGOING_CAPACITY: usize = 100_000;
 
+/// A QoS 1/2 message published through JetStream, waiting for the stream to confirm it.
+struct Pending {
+    ticket: u64,
+    ack: Option<PublishAckFuture>,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+}
+
+/// How long a node keeps sending a QoS 1/2 message to the stream before it acknowledges it
+/// to its publisher unconfirmed.
+const CONFIRM_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How many times a node tries to read an outage's messages from the stream.
+const CATCH_UP_ATTEMPTS: u32 = 10;
+
 /// QoS 1/2 messages published through JetStream whose acknowledgement is awaited at once.
 const ACKS_IN_FLIGHT: usize = 10_000;
 
@@ -96,6 +112,8 @@ pub struct ClusterStatus {
     pub sessions_moved_out: AtomicU64,
     /// Persistent sessions taken over from another node.
     pub sessions_moved_in: AtomicU64,
+    /// Messages read from the stream after an outage of the NATS connection.
+    pub caught_up: AtomicU64,
     /// Persistent sessions rebuilt here from the summary of a node that did not answer.
     pub sessions_recovered: AtomicU64,
     /// Persistent sessions of this node whose summary is in the cluster's bucket.
@@ -161,6 +179,7 @@ pub(crate) fn start(
             let _ = connect_tx.send(client_id.to_string());
         }
     }));
+    let (reconnected_tx, reconnected_rx) = mpsc::unbounded_channel();
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let hook_tx = interest_tx.clone();
     let initial = broker.set_interest(Box::new(move |filter, add| {
@@ -180,8 +199,17 @@ pub(crate) fn start(
         origin,
         mover: mover.clone(),
         confirmed: confirmed_tx,
+        lost_at_ms: Arc::new(AtomicU64::new(0)),
+        reconnected: reconnected_tx,
     };
-    tasks.spawn(link.run(out_rx, interest_rx, connect_rx, initial, shutdown));
+    tasks.spawn(link.run(
+        out_rx,
+        interest_rx,
+        connect_rx,
+        reconnected_rx,
+        initial,
+        shutdown,
+    ));
     Joined {
         status,
         sessions: mover,
@@ -204,6 +232,10 @@ struct Link {
     origin: u64,
     confirmed: watch::Sender<u64>,
     mover: Arc<SessionMover>,
+    /// When the main NATS connection was lost (ms since the Unix epoch; 0: connected).
+    lost_at_ms: Arc<AtomicU64>,
+    /// Told, with `lost_at_ms`, when the main connection is back.
+    reconnected: mpsc::UnboundedSender<u64>,
 }
 
 impl Link {
@@ -212,6 +244,7 @@ impl Link {
         out_rx: mpsc::Receiver<(Arc<Message>, u64)>,
         interest_rx: mpsc::UnboundedReceiver<Interest>,
         connect_rx: mpsc::UnboundedReceiver<String>,
+        reconnected_rx: mpsc::UnboundedReceiver<u64>,
         initial: Vec<String>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -234,6 +267,7 @@ impl Link {
             client.clone(),
             groups_client.clone(),
             interest_rx,
+            reconnected_rx,
             initial,
         ));
         tasks.spawn(link.clone().retained_loop(client.clone(), retained_rx));
@@ -262,6 +296,7 @@ impl Link {
     /// the member NATS picks for a message may be on the node that published it.
     async fn connect(&self, echo: bool) -> Option<Client> {
         let status = self.status.clone();
+        let (lost_at_ms, reconnected) = (self.lost_at_ms.clone(), self.reconnected.clone());
         let mut options = ConnectOptions::new()
             .name(format!(
                 "tern {}{}",
@@ -272,14 +307,30 @@ impl Link {
             .subscription_capacity(SEEN_WINDOW)
             .event_callback(move |event| {
                 let status = status.clone();
+                // Only the main connection catches up after an outage (`catch_up`).
+                let outage = (!echo).then(|| (lost_at_ms.clone(), reconnected.clone()));
                 async move {
                     match event {
                         Event::Connected => {
                             status.connected.store(true, Ordering::Relaxed);
+                            if let Some((lost_at, reconnected)) = outage {
+                                let since = lost_at.swap(0, Ordering::Relaxed);
+                                if since > 0 {
+                                    let _ = reconnected.send(since);
+                                }
+                            }
                         }
                         Event::Disconnected => {
                             status.connected.store(false, Ordering::Relaxed);
                             status.error("the connection to NATS was lost".into());
+                            if let Some((lost_at, _)) = outage {
+                                let _ = lost_at.compare_exchange(
+                                    0,
+                                    sessions::unix_ms(),
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                );
+                            }
                         }
                         other => status.error(format!("NATS: {other}")),
                     }
@@ -310,9 +361,10 @@ impl Link {
     /// Publishes what this node's clients publish; retained messages also go to the bucket.
     /// QoS 1/2 messages are published through JetStream, whose acknowledgement says the
     /// stream keeps them; the acknowledgements are awaited in order by a second loop, which
-    /// confirms each message's ticket so its publisher's PUBACK/PUBREC can leave. A stream
-    /// that does not answer within JetStream's timeout (NATS unreachable) is counted as
-    /// unconfirmed and the ticket confirmed anyway: publishers are slowed, not stopped.
+    /// sends a message again while the stream does not confirm it and then confirms its
+    /// ticket, so its publisher's PUBACK/PUBREC can leave. After `CONFIRM_DEADLINE` without
+    /// the stream (NATS unreachable) a message is counted as unconfirmed and its ticket
+    /// confirmed anyway: publishers are slowed, not stopped.
     async fn publish_loop(
         self: Arc<Self>,
         client: Client,
@@ -320,35 +372,47 @@ impl Link {
         retained_tx: mpsc::UnboundedSender<Arc<Message>>,
     ) {
         let js = async_nats::jetstream::new(client.clone());
-        let (ack_tx, mut ack_rx) = mpsc::channel::<(u64, Option<PublishAckFuture>)>(ACKS_IN_FLIGHT);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<Pending>(ACKS_IN_FLIGHT);
         let send = async {
             while let Some((message, ticket)) = out_rx.recv().await {
                 let seq = message.cluster_id.get().map_or(0, |&(_, seq)| seq);
                 let subject = subject_of(&self.config.prefix, &message.topic);
-                let body = Envelope::encode(&message, self.origin, seq, now());
+                let body = bytes::Bytes::from(Envelope::encode(&message, self.origin, seq, now()));
                 let sent = if ticket == 0 {
                     client
-                        .publish(subject, body.into())
+                        .publish(subject, body)
                         .await
                         .map_err(|e| e.to_string())
                 } else {
-                    match js.publish(subject, body.into()).await {
-                        Ok(ack) => {
-                            let _ = ack_tx.send((ticket, Some(ack))).await;
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let _ = ack_tx.send((ticket, None)).await;
-                            Err(e.to_string())
-                        }
-                    }
+                    // The message id lets the stream drop a copy if it is sent again.
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        async_nats::header::NATS_MESSAGE_ID,
+                        format!("{:016x}-{seq}", self.origin).as_str(),
+                    );
+                    let ack = js
+                        .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                        .await;
+                    let failed = ack.as_ref().err().map(|e| e.to_string());
+                    let pending = Pending {
+                        ticket,
+                        ack: ack.ok(),
+                        subject,
+                        headers,
+                        body,
+                    };
+                    let _ = ack_tx.send(pending).await;
+                    failed.map_or(Ok(()), Err)
                 };
                 match sent {
                     Ok(()) => {
                         self.status.forwarded_out.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        // QoS 1/2 messages are sent again by `confirm`; QoS 0 ones are lost.
+                        if ticket == 0 {
+                            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.status.error(format!("publishing on NATS: {e}"));
                     }
                 }
@@ -358,17 +422,38 @@ impl Link {
             }
         };
         let confirm = async {
-            while let Some((ticket, ack)) = ack_rx.recv().await {
-                let confirmed = match ack {
-                    Some(ack) => ack.await.map_err(|e| e.to_string()),
-                    None => Err("not sent".into()),
+            while let Some(mut pending) = ack_rx.recv().await {
+                // Sent again (same message id) until the stream confirms it: a stream that is
+                // electing a leader does not answer for a few seconds. Copies that reach
+                // other nodes are dropped there by their cluster identity.
+                let deadline = tokio::time::Instant::now() + CONFIRM_DEADLINE;
+                let confirmed = loop {
+                    let outcome = match pending.ack.take() {
+                        Some(ack) => ack.await.map_err(|e| e.to_string()),
+                        None => Err("not sent".to_string()),
+                    };
+                    match outcome {
+                        Ok(_) => break Ok(()),
+                        Err(e) if tokio::time::Instant::now() >= deadline => break Err(e),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            pending.ack = js
+                                .publish_with_headers(
+                                    pending.subject.clone(),
+                                    pending.headers.clone(),
+                                    pending.body.clone(),
+                                )
+                                .await
+                                .ok();
+                        }
+                    }
                 };
                 if let Err(e) = confirmed {
                     self.status.unconfirmed.fetch_add(1, Ordering::Relaxed);
                     self.status
                         .error(format!("the stream did not confirm a message: {e}"));
                 }
-                self.confirmed.send_replace(ticket);
+                self.confirmed.send_replace(pending.ticket);
             }
         };
         tokio::join!(send, confirm);
@@ -381,8 +466,10 @@ impl Link {
         client: Client,
         groups_client: Client,
         mut interest_rx: mpsc::UnboundedReceiver<Interest>,
+        mut reconnected_rx: mpsc::UnboundedReceiver<u64>,
         initial: Vec<String>,
     ) {
+        let js = async_nats::jetstream::new(client.clone());
         let mut subs = Subscriptions {
             client,
             groups_client,
@@ -408,6 +495,55 @@ impl Link {
                 },
                 Some((key, m)) = subs.map.next(), if !subs.map.is_empty() => {
                     self.arrived(&key, &m.payload, &mut seen);
+                }
+                Some(lost_at_ms) = reconnected_rx.recv() => {
+                    self.catch_up(&js, lost_at_ms, &mut seen).await;
+                }
+            }
+        }
+    }
+
+    /// After the main NATS connection was lost and is back: reads from the cluster's stream
+    /// every message published since a moment before the loss and routes it here like a live
+    /// one (`arrived`: this node's own are skipped, the ones already routed are dropped by
+    /// their cluster identity), so that connected subscribers miss nothing of the outage.
+    /// Shared subscriptions are not caught up (their queue groups choose one node per
+    /// message; the stream cannot say which).
+    async fn catch_up(
+        &self,
+        js: &async_nats::jetstream::Context,
+        lost_at_ms: u64,
+        seen: &mut Seen,
+    ) {
+        let since_ms = lost_at_ms.saturating_sub(sessions::REPLAY_MARGIN_MS);
+        // The stream may be electing a new leader (its server was the one lost): try again
+        // for a while. Live messages wait in the subscriptions meanwhile.
+        for attempt in 1..=CATCH_UP_ATTEMPTS {
+            let read = sessions::read_stream(
+                js,
+                &self.config.prefix,
+                vec![format!("{}.>", self.config.prefix)],
+                since_ms,
+                |payload, _age| {
+                    self.arrived(&Key::Subject(String::new()), payload, seen);
+                    0
+                },
+            )
+            .await;
+            match read {
+                Ok((n, _)) => {
+                    self.status.caught_up.fetch_add(n, Ordering::Relaxed);
+                    info!(
+                        read = n,
+                        "cluster: back on NATS; the outage's messages read from the stream"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.status.error(format!(
+                        "catching up from the stream after an outage (attempt {attempt}): {e}"
+                    ));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

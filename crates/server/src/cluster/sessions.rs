@@ -48,7 +48,7 @@ pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How far a replay point stays behind the moment a session was seen with nothing
 /// unacknowledged: a message the stream kept just before that moment may still have been on
 /// its way to the node. Its only cost is messages delivered twice after a node dies.
-const REPLAY_MARGIN_MS: u64 = 5_000;
+pub(super) const REPLAY_MARGIN_MS: u64 = 5_000;
 
 /// The longest a rebuild reads the stream before the client is let in with what it has.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -367,51 +367,20 @@ impl SessionMover {
         subjects: Vec<String>,
         since_ms: u64,
     ) -> Result<(u64, u64), String> {
-        let stream = durable
-            .js
-            .get_stream(stream_name(&self.config.prefix))
-            .await
-            .map_err(|e| e.to_string())?;
-        let start_time =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
-                .map_err(|e| e.to_string())?;
-        let mut consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects: subjects,
-                deliver_policy: DeliverPolicy::ByStartTime { start_time },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let pending = consumer
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .num_pending;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
-        let (mut read, mut position) = (0u64, 0u64);
-        while read < pending {
-            let next = tokio::time::timeout_at(deadline, messages.next()).await;
-            let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(None) => break,
-                Err(_) => return Err(format!("{read} of {pending} messages read in time")),
-            };
-            read += 1;
-            let Some(envelope) = Envelope::decode(&message.payload) else {
-                continue;
-            };
-            let age = message
-                .info()
-                .map(|i| (time::OffsetDateTime::now_utc() - i.published).whole_seconds())
-                .unwrap_or(0)
-                .max(0) as u64;
-            let m = envelope.into_message(now(), age);
-            position = position.max(self.broker.replay_to(client_id, Arc::new(m)));
-        }
-        Ok((read, position))
+        read_stream(
+            &durable.js,
+            &self.config.prefix,
+            subjects,
+            since_ms,
+            |payload, age| {
+                let Some(envelope) = Envelope::decode(payload) else {
+                    return 0;
+                };
+                let m = envelope.into_message(now(), age);
+                self.broker.replay_to(client_id, Arc::new(m))
+            },
+        )
+        .await
     }
 
     /// Answers other nodes' requests for sessions held here (see `claim`).
@@ -644,7 +613,59 @@ impl Summary {
     }
 }
 
-fn unix_ms() -> u64 {
+/// Reads the cluster's stream on `subjects` from `since_ms` (ms since the Unix epoch) up to
+/// its end when asked, handing each message's payload and age in seconds to `each`, which
+/// returns a store position; returns how many were read and the highest position.
+pub(super) async fn read_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+    subjects: Vec<String>,
+    since_ms: u64,
+    mut each: impl FnMut(&[u8], u64) -> u64,
+) -> Result<(u64, u64), String> {
+    let stream = js
+        .get_stream(stream_name(prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    let start_time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+            .map_err(|e| e.to_string())?;
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects: subjects,
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .num_pending;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
+    let (mut read, mut position) = (0u64, 0u64);
+    while read < pending {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        let message = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => break,
+            Err(_) => return Err(format!("{read} of {pending} messages read in time")),
+        };
+        read += 1;
+        let age = message
+            .info()
+            .map(|i| (time::OffsetDateTime::now_utc() - i.published).whole_seconds())
+            .unwrap_or(0)
+            .max(0) as u64;
+        position = position.max(each(&message.payload, age));
+    }
+    Ok((read, position))
+}
+
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
