@@ -371,7 +371,11 @@ impl Link {
         mut out_rx: mpsc::Receiver<(Arc<Message>, u64)>,
         retained_tx: mpsc::UnboundedSender<Arc<Message>>,
     ) {
-        let js = async_nats::jetstream::new(client.clone());
+        // A short wait per attempt: an unanswered message is sent again (`confirm`), which is
+        // what gets it through once a stream has elected a new leader.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client.clone());
         let (ack_tx, mut ack_rx) = mpsc::channel::<Pending>(ACKS_IN_FLIGHT);
         let send = async {
             while let Some((message, ticket)) = out_rx.recv().await {

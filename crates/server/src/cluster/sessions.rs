@@ -223,6 +223,12 @@ impl SessionMover {
         if skeleton.is_empty() {
             return;
         }
+        // Known to the checkpoint before the placeholder exists, or it would take the
+        // placeholder for a stale copy (the summary names the old node) and drop it.
+        self.written().insert(
+            Arc::from(client_id),
+            Written::new(unix_ms().saturating_sub(REPLAY_MARGIN_MS)),
+        );
         if let Err(e) = self.broker.import_placeholder(client_id, &skeleton, now()) {
             self.status
                 .error(format!("taking over the session of {client_id}: {e}"));
@@ -304,6 +310,10 @@ impl SessionMover {
         let Some(summary) = self.summary(client_id).await else {
             return;
         };
+        // Known to the checkpoint before the session exists, or it would take the session
+        // for a stale copy (the summary names another node) and drop it.
+        self.written()
+            .insert(Arc::from(client_id), Written::new(summary.since_ms));
         let seq = match self
             .broker
             .import_session(client_id, &summary.skeleton, now())
@@ -315,8 +325,6 @@ impl SessionMover {
                 return;
             }
         };
-        self.written()
-            .insert(Arc::from(client_id), Written::new(summary.since_ms));
         let filters: Vec<String> = self
             .broker
             .session(client_id)
@@ -498,7 +506,8 @@ impl SessionMover {
             match self.summary(&id).await {
                 Some(s) if s.node != self.config.node => {
                     let connected = self.broker.session(&id).is_some_and(|s| s.is_connected());
-                    if !connected {
+                    // A session being moved here meanwhile is in `written` by now.
+                    if !connected && !self.written().contains_key(&id) {
                         info!(client_id = %id, node = %s.node, "cluster: dropping a session another node took over while this one was away");
                         self.broker.export_session(&id, now());
                     }
