@@ -98,7 +98,11 @@ def tern_node(tmp, name, nats_port):
     config = d / "tern.toml"
     config.write_text(NODE_CONFIG.format(name=name, nats=nats_port))
     node = Broker(d, config=config).start()
-    wait_for(lambda: "cluster: connected to NATS" in node.log(), what=f"node {name} in the cluster")
+    # JetStream answers slowly while a fresh NATS cluster sets up its streams (seconds on a
+    # loaded two-core machine): a node is ready once its buckets and stream answer.
+    for line in ("cluster: connected to NATS", "cluster: watching the retained messages",
+                 "cluster: the message stream and session summaries are ready"):
+        wait_for(lambda: line in node.log(), timeout=60, what=f"node {name}: {line}")
     return node
 
 

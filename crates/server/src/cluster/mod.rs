@@ -681,6 +681,7 @@ impl Link {
             // comes back learns the whole set, delete markers included), then changes.
             match store.watch_with_history(">").await {
                 Ok(mut entries) => {
+                    info!(node = %self.config.node, "cluster: watching the retained messages");
                     while let Some(entry) = entries.next().await {
                         let Ok(entry) = entry else { break };
                         self.apply_retained(entry);

@@ -477,6 +477,7 @@ impl SessionMover {
             states: states.clone(),
             js,
         });
+        info!(node = %self.config.node, "cluster: the message stream and session summaries are ready");
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
