@@ -5,6 +5,7 @@ one node reaches subscribers on the others exactly once, at the QoS their subscr
 [MQTT-3.8.4-6], retained messages are the same on every node [MQTT-3.3.1-6]
 [MQTT-3.3.1-10], and losing a NATS server does not stop the cluster."""
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import ROOT, Broker, wait_for
 
@@ -188,6 +191,79 @@ def until_routed(publisher, topic, subscribers, tag):
     wait_for(arrived, timeout=20, what=f"{tag}: the cluster to route {topic}")
 
 
+class Traveller(Client):
+    """A client with a persistent session (3.1.1 Clean Session 0, or 5 with a Session Expiry
+    Interval) that connects to one node after another. Every connection records into the same
+    list, as `Client` does, and `present` keeps each CONNACK's Session Present."""
+
+    def __init__(self, client_id, version=mqtt.MQTTv311):
+        self.client_id, self.version = client_id, version
+        self.messages, self.present = [], []
+        self.lock = threading.Lock()
+        self.c = None
+
+    def connect(self, node):
+        """Connects to `node`; a previous connection is left without DISCONNECT (as a board
+        that lost its network), unless `close` ended it."""
+        if self.c:
+            self.c.loop_stop()
+        kwargs = {"clean_session": False} if self.version == mqtt.MQTTv311 else {}
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=self.version, **kwargs)
+        self.c.on_message = self._on_message
+        done = threading.Event()
+
+        def on_connect(cl, u, flags, rc, props):
+            self.present.append(flags.session_present)
+            done.set()
+
+        self.c.on_connect = on_connect
+        if self.version == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 300
+            self.c.connect("127.0.0.1", node.port, keepalive=30, clean_start=False,
+                           properties=props)
+        else:
+            self.c.connect("127.0.0.1", node.port, keepalive=30)
+        self.c.loop_start()
+        assert done.wait(10), "no CONNACK"
+        return self
+
+    def resumed(self):
+        """Whether the last CONNACK said Session Present."""
+        return self.present[-1] is True or self.present[-1] == 1
+
+    def payloads(self, prefix=b""):
+        return [m[1] for m in self.got(prefix)]
+
+
+@contextlib.contextmanager
+def publishing(pub, topic, prefix, pause=0.0):
+    """Publishes QoS 1 messages `<prefix> <i>` on `topic` from `pub` without stopping, in a
+    thread, while the block runs; yields the list of payloads acknowledged so far."""
+    acked = []
+    stop = threading.Event()
+
+    def run():
+        i = 0
+        while not stop.is_set():
+            payload = f"{prefix} {i}".encode()
+            info = pub.c.publish(topic, payload, qos=1)
+            info.wait_for_publish(10)
+            if info.is_published():
+                acked.append(payload)
+            i += 1
+            time.sleep(pause)
+
+    publisher = threading.Thread(target=run)
+    publisher.start()
+    try:
+        yield acked
+    finally:
+        stop.set()
+        publisher.join()
+
+
 def test_publish_on_one_node_reaches_subscribers_on_the_others(cluster):
     """QoS 0, 1 and 2 from node a to an MQTT 5 subscriber on b and a 3.1.1 subscriber on c:
     every message exactly once, in order, at the granted QoS [MQTT-3.8.4-6]; and back from c
@@ -325,29 +401,12 @@ def test_a_nats_outage_loses_nothing_for_connected_subscribers(cluster):
     sub.subscribe("outage/#", 1)
     pub = Client(nodes["a"], "outage-pub", version=mqtt.MQTTv311)
     until_routed(pub, "outage/probe", [sub], "outage")
-    acked = []
-    stop = threading.Event()
-
-    def publish():
-        i = 0
-        while not stop.is_set():
-            info = pub.c.publish("outage/x", f"o {i}".encode(), qos=1)
-            info.wait_for_publish(10)
-            if info.is_published():
-                acked.append(f"o {i}".encode())
-            i += 1
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    try:
+    with publishing(pub, "outage/x", "o") as acked:
         wait_for(lambda: len(acked) >= 100, timeout=30, what="messages flowing")
         nats[1].kill()
         wait_for(lambda: "back on NATS" in nodes["b"].log(), timeout=30, what="b back on NATS")
         before = len(acked)
         wait_for(lambda: len(acked) >= before + 100, timeout=30, what="messages after the outage")
-    finally:
-        stop.set()
-        publisher.join()
     wait_for(lambda: {m[1] for m in sub.got(b"o ")} >= set(acked), timeout=30,
              what="every acknowledged message")
     assert metric(nodes["b"], "tern_cluster_caught_up_total") >= 1
@@ -414,50 +473,11 @@ def test_a_persistent_session_moves_with_its_client(cluster, version):
     nodes, _ = cluster
     tag = "v5" if version == mqtt.MQTTv5 else "v311"
     topic = f"moved/{tag}"
-    got, present = [], []
-
-    def connect(node):
-        kwargs = {"clean_session": False} if version == mqtt.MQTTv311 else {}
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"traveller-{tag}",
-                        protocol=version, **kwargs)
-        c.on_message = lambda cl, u, m: got.append((m.payload, m.qos))
-        done = threading.Event()
-
-        def on_connect(cl, u, flags, rc, props):
-            present.append(flags.session_present)
-            done.set()
-
-        c.on_connect = on_connect
-        if version == mqtt.MQTTv5:
-            from paho.mqtt.properties import Properties
-            from paho.mqtt.packettypes import PacketTypes
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 300
-            c.connect("127.0.0.1", node.port, keepalive=30, clean_start=False, properties=props)
-        else:
-            c.connect("127.0.0.1", node.port, keepalive=30)
-        c.loop_start()
-        assert done.wait(10), "no CONNACK"
-        return c
-
-    sub = connect(nodes["a"])
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
+    sub = Traveller(f"traveller-{tag}", version).connect(nodes["a"])
     sub.subscribe(f"{topic}/#", 1)
-    assert subscribed.wait(10)
     pub = Client(nodes["c"], f"pub-{tag}")
-    n = 0
-
-    def routed():
-        nonlocal n
-        n += 1
-        pub.publish(f"{topic}/probe", f"probe {n}".encode())
-        time.sleep(0.05)
-        return any(p.startswith(b"probe") for p, _ in got)
-
-    wait_for(routed, timeout=20, what="c's messages to reach a")
-    sub.disconnect()
-    sub.loop_stop()
+    until_routed(pub, f"{topic}/probe", [sub], tag)
+    sub.close()
     before = metric(nodes["a"], 'tern_cluster_messages_total{direction="in"}')
     want = [f"queued {i}".encode() for i in range(20)]
     for payload in want:
@@ -465,11 +485,10 @@ def test_a_persistent_session_moves_with_its_client(cluster, version):
     wait_for(lambda: metric(nodes["a"], 'tern_cluster_messages_total{direction="in"}') >= before + 20,
              what="the queued messages to reach a")
 
-    sub = connect(nodes["b"])
-    assert present[-1] is True or present[-1] == 1, "b must resume the session a held"
-    wait_for(lambda: len([p for p, _ in got if p.startswith(b"queued")]) >= 20,
-             what="the messages queued on a, delivered by b")
-    queued = [(p, q) for p, q in got if p.startswith(b"queued")]
+    sub.connect(nodes["b"])
+    assert sub.resumed(), "b must resume the session a held"
+    wait_for(lambda: len(sub.got(b"queued")) >= 20, what="the messages queued on a, delivered by b")
+    queued = [(m[1], m[2]) for m in sub.got(b"queued")]
     assert queued == [(p, 1) for p in want], "each queued message once, in order, at QoS 1"
     assert "session handed to another node" in nodes["a"].log()
     assert "session taken over from another node" in nodes["b"].log()
@@ -490,22 +509,18 @@ def test_a_persistent_session_moves_with_its_client(cluster, version):
     watcher.disconnect()
 
     # The subscription moved too: new messages reach the client on b.
-    wait_for(lambda: pub.publish(f"{topic}/x", b"after") or any(p == b"after" for p, _ in got),
+    wait_for(lambda: pub.publish(f"{topic}/x", b"after") or sub.got(b"after"),
              timeout=20, what="a message through the moved subscription")
-    sub.disconnect()
-    sub.loop_stop()
+    sub.close()
     # Back on a: the session comes back from b with what b queued meanwhile.
-    after = len(got)
     b_before = metric(nodes["b"], 'tern_cluster_messages_total{direction="in"}')
     pub.publish(f"{topic}/x", b"while away again", qos=1)
     wait_for(lambda: metric(nodes["b"], 'tern_cluster_messages_total{direction="in"}') > b_before,
              what="the message to reach b")
-    sub = connect(nodes["a"])
-    assert present[-1] is True or present[-1] == 1, "a must resume the session b held"
-    wait_for(lambda: any(p == b"while away again" for p, _ in got[after:]),
-             what="the message queued on b, delivered by a")
-    sub.disconnect()
-    sub.loop_stop()
+    sub.connect(nodes["a"])
+    assert sub.resumed(), "a must resume the session b held"
+    wait_for(lambda: sub.got(b"while away again"), what="the message queued on b, delivered by a")
+    sub.close()
     pub.close()
 
 
@@ -515,76 +530,21 @@ def test_no_message_is_missed_while_a_session_moves(cluster):
     so every message the publisher had acknowledged reaches the subscriber [MQTT-4.3.2-1]
     [MQTT-3.1.2-5]; the copies both nodes got are delivered once."""
     nodes, _ = cluster
-    got = []
-    lock = threading.Lock()
-
-    def connect(node):
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mover2",
-                        protocol=mqtt.MQTTv311, clean_session=False)
-
-        def on_message(cl, u, m):
-            with lock:
-                got.append(m.payload)
-
-        c.on_message = on_message
-        done = threading.Event()
-        c.on_connect = lambda *a: done.set()
-        c.connect("127.0.0.1", node.port, keepalive=30)
-        c.loop_start()
-        assert done.wait(10), "no CONNACK"
-        return c
-
-    sub = connect(nodes["a"])
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
+    sub = Traveller("mover2").connect(nodes["a"])
     sub.subscribe("moving/#", 1)
-    assert subscribed.wait(10)
     pub = Client(nodes["c"], "moving-pub", version=mqtt.MQTTv311)
-    n = 0
-
-    def routed():
-        nonlocal n
-        n += 1
-        pub.publish("moving/probe", f"probe {n}".encode())
-        time.sleep(0.05)
-        with lock:
-            return any(p.startswith(b"probe") for p in got)
-
-    wait_for(routed, timeout=20, what="c's messages to reach the subscriber on a")
-    acked = []
-    stop = threading.Event()
-
-    def publish():
-        i = 0
-        while not stop.is_set():
-            info = pub.c.publish("moving/x", f"m {i}".encode(), qos=1)
-            info.wait_for_publish(10)
-            if info.is_published():
-                acked.append(f"m {i}".encode())
-            i += 1
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    try:
+    until_routed(pub, "moving/probe", [sub], "moving")
+    with publishing(pub, "moving/x", "m") as acked:
         for node in ("b", "a", "b"):
             before = len(acked)
             wait_for(lambda: len(acked) >= before + 150, timeout=30, what="messages flowing")
-            old, sub = sub, connect(nodes[node])
-            old.loop_stop()
+            sub.connect(nodes[node])
         before = len(acked)
         wait_for(lambda: len(acked) >= before + 150, timeout=30, what="messages after the moves")
-    finally:
-        stop.set()
-        publisher.join()
-
-    def all_there():
-        with lock:
-            return set(acked) <= set(got)
-
-    wait_for(all_there, timeout=30, what="every acknowledged message")
+    wait_for(lambda: set(acked) <= set(sub.payloads()), timeout=30,
+             what="every acknowledged message")
     assert nodes["b"].log().count("session taken over from another node") == 2
-    sub.disconnect()
-    sub.loop_stop()
+    sub.close()
     pub.close()
 
 
@@ -596,68 +556,13 @@ def test_a_session_outlives_its_node(cluster):
     publisher had acknowledged reaches the subscriber [MQTT-4.3.2-1] (at least once: some
     that a had delivered come again)."""
     nodes, _ = cluster
-    got = []
-    lock = threading.Lock()
-
-    def connect(node, present):
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="survivor",
-                        protocol=mqtt.MQTTv311, clean_session=False)
-
-        def on_message(cl, u, m):
-            with lock:
-                got.append(m.payload)
-
-        c.on_message = on_message
-        done = threading.Event()
-
-        def on_connect(cl, u, flags, rc, props):
-            present.append(flags.session_present)
-            done.set()
-
-        c.on_connect = on_connect
-        c.connect("127.0.0.1", node.port, keepalive=30)
-        c.loop_start()
-        assert done.wait(10), "no CONNACK"
-        return c
-
-    present = []
-    sub = connect(nodes["a"], present)
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
+    sub = Traveller("survivor").connect(nodes["a"])
     sub.subscribe("durable/#", 1)
-    assert subscribed.wait(10)
     pub = Client(nodes["c"], "durable-pub", version=mqtt.MQTTv311)
-    n = 0
-
-    def routed():
-        nonlocal n
-        n += 1
-        pub.publish("durable/probe", f"probe {n}".encode())
-        time.sleep(0.05)
-        with lock:
-            return any(p.startswith(b"probe") for p in got)
-
-    wait_for(routed, timeout=20, what="c's messages to reach the subscriber on a")
+    until_routed(pub, "durable/probe", [sub], "durable")
     wait_for(lambda: metric(nodes["a"], "tern_cluster_sessions_summarised") >= 1,
              what="a's summary of the session")
-
-    acked = []
-    stop = threading.Event()
-
-    def publish():
-        i = 0
-        while not stop.is_set():
-            payload = f"d {i}".encode()
-            info = pub.c.publish("durable/x", payload, qos=1)
-            info.wait_for_publish(10)
-            if info.is_published():
-                acked.append(payload)
-            i += 1
-            time.sleep(0.002)
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    try:
+    with publishing(pub, "durable/x", "d", pause=0.002) as acked:
         # Long enough for a's summary to move its replay point past the first messages
         # (5 s behind the last moment everything was acknowledged), so that the rebuild
         # starts from it rather than from the session's beginning.
@@ -666,21 +571,13 @@ def test_a_session_outlives_its_node(cluster):
                  what="messages flowing through a")
         nodes["a"].proc.kill()
         nodes["a"].proc.wait()
-        sub.loop_stop()
+        sub.c.loop_stop()
         wait_for(lambda: len(acked) >= 400, timeout=30, what="messages published while a is dead")
-    finally:
-        stop.set()
-        publisher.join()
-    sub = connect(nodes["b"], present)
-    assert present[-1] is True or present[-1] == 1, "b must rebuild the session a held"
-
-    def all_there():
-        with lock:
-            return set(acked) <= set(got)
-
-    wait_for(all_there, timeout=30, what="every acknowledged message")
-    with lock:
-        missing = [p for p in acked if p not in set(got)]
+    sub.connect(nodes["b"])
+    assert sub.resumed(), "b must rebuild the session a held"
+    wait_for(lambda: set(acked) <= set(sub.payloads()), timeout=30,
+             what="every acknowledged message")
+    missing = [p for p in acked if p not in set(sub.payloads())]
     assert not missing
     rebuilt = re.search(r"session rebuilt from its summary.*replayed=(\d+)", nodes["b"].log())
     assert rebuilt, "b did not rebuild the session"
@@ -691,8 +588,7 @@ def test_a_session_outlives_its_node(cluster):
     nodes["a"].start()
     wait_for(lambda: "dropping a session another node took over" in nodes["a"].log(), timeout=30,
              what="a dropping its stale copy")
-    sub.disconnect()
-    sub.loop_stop()
+    sub.close()
     pub.close()
 
 

@@ -135,23 +135,20 @@ impl Broker {
                 state.expiry_interval = moved.expiry_interval;
                 state.username = moved.username.clone();
                 state.disconnected_at = Some(now);
+                state.subscriptions = moved.subscription_map();
             }
             sessions.insert(session.client_id.clone(), session.clone());
             session
         };
-        self.add_subscriptions(&session, &moved);
+        self.enter_subscriptions(&session, &moved);
         Ok(())
     }
 
-    /// Puts `moved`'s subscriptions into the session and the tree (the tree without the
-    /// session's lock held: routing takes the tree's lock, then sessions').
-    fn add_subscriptions(&self, session: &Arc<Session>, moved: &Moved) {
-        {
-            let mut state = session.lock();
-            for (filter, options, id) in &moved.subscriptions {
-                state.subscriptions.insert(filter.clone(), (*options, *id));
-            }
-        }
+    /// Puts `moved`'s subscriptions into the tree for `session`, whose own map holds them
+    /// already. Never with the session's lock held: routing takes the tree's lock, then
+    /// sessions', so waiting for the tree's under a session's could deadlock with a
+    /// publication that found this session.
+    fn enter_subscriptions(&self, session: &Arc<Session>, moved: &Moved) {
         for (filter, options, id) in &moved.subscriptions {
             let Ok(f) = tern_proto::TopicFilter::new(filter) else {
                 continue;
@@ -220,7 +217,7 @@ impl Broker {
         bytes: &[u8],
         now: Instant,
     ) -> Result<u64, MoveError> {
-        let moved = decode(bytes, now).ok_or(MoveError::Malformed)?;
+        let mut moved = decode(bytes, now).ok_or(MoveError::Malformed)?;
         let client: Arc<str> = Arc::from(client_id);
         let old = {
             let mut sessions = self.sessions();
@@ -251,39 +248,23 @@ impl Broker {
             state.expiry_interval = moved.expiry_interval;
             state.username = moved.username.clone();
             state.disconnected_at = Some(now);
-            for (filter, options, id) in &moved.subscriptions {
-                state.subscriptions.insert(filter.clone(), (*options, *id));
-            }
-            for (packet_id, entry) in moved.inflight {
-                state.inflight.insert(packet_id, entry);
-            }
-            for out in moved.queue {
+            state.subscriptions = moved.subscription_map();
+            state.inflight = std::mem::take(&mut moved.inflight).into_iter().collect();
+            for out in std::mem::take(&mut moved.queue) {
                 state.queue.push_back(out);
             }
-            state.incoming_qos2 = moved.incoming_qos2.into_iter().collect();
+            state.incoming_qos2 = std::mem::take(&mut moved.incoming_qos2)
+                .into_iter()
+                .collect();
             if let Some(j) = journal.as_mut() {
                 persist::write_whole_session(j, &client, &mut state, None);
                 session.set_persistent(true);
             }
         }
         // The session's records go first, so that a message routed to it from here on is
-        // recorded after them. Into the tree only now, without the session's lock: routing
-        // takes the tree's lock and then sessions' locks, so holding a session's lock while
-        // waiting for the tree's could deadlock with a publication that found this session.
+        // recorded after them; into the tree only then.
         let durable = persist::commit(journal);
-        for (filter, options, id) in &moved.subscriptions {
-            let Ok(f) = tern_proto::TopicFilter::new(filter) else {
-                continue;
-            };
-            let subscriber = Subscriber {
-                session: session.clone(),
-                options: *options,
-                id: *id,
-                share: f.shared().map(|_| Arc::from(filter.as_str())),
-                username: moved.username.clone(),
-            };
-            self.tree_mut().insert(f, subscriber);
-        }
+        self.enter_subscriptions(&session, &moved);
         self.sessions().insert(client, session);
         Ok(durable)
     }
@@ -324,19 +305,15 @@ impl Broker {
             state.username = moved.username.clone();
             state.version = moved.version;
             state.disconnected_at = Some(now);
-            let old: Vec<String> = state.subscriptions.drain().map(|(f, _)| f).collect();
+            let old = std::mem::replace(&mut state.subscriptions, moved.subscription_map());
             if let Some(j) = journal.as_mut() {
-                for (filter, options, id) in &moved.subscriptions {
-                    state.subscriptions.insert(filter.clone(), (*options, *id));
-                }
                 persist::write_whole_session(j, &session.client_id, &mut state, None);
-                state.subscriptions.clear();
                 session.set_persistent(true);
             }
-            old
+            old.into_keys().collect::<Vec<String>>()
         };
         let durable = persist::commit(journal);
-        self.add_subscriptions(session, &moved);
+        self.enter_subscriptions(session, &moved);
         let kept: HashSet<&str> = moved
             .subscriptions
             .iter()
@@ -416,6 +393,18 @@ struct Moved {
     inflight: Vec<(u16, Inflight)>,
     queue: Vec<Outgoing>,
     incoming_qos2: Vec<u16>,
+}
+
+impl Moved {
+    /// Its subscriptions as a session keeps them: filter -> (options, identifier).
+    fn subscription_map(
+        &self,
+    ) -> std::collections::HashMap<String, (tern_proto::SubscriptionOptions, Option<u32>)> {
+        self.subscriptions
+            .iter()
+            .map(|(filter, options, id)| (filter.clone(), (*options, *id)))
+            .collect()
+    }
 }
 
 fn encode(state: &crate::session::SessionState, now: Instant) -> Vec<u8> {

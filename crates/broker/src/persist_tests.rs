@@ -131,6 +131,15 @@ struct Run {
 }
 
 impl Run {
+    /// Three clients, `c0` to `c2`, none connected yet.
+    fn new(broker: Arc<Broker>) -> Run {
+        Run {
+            broker,
+            conns: (0..3).map(|_| None).collect(),
+            names: (0..3).map(|i| format!("c{i}")).collect(),
+        }
+    }
+
     fn apply(&mut self, op: &Op, now: Instant) {
         let mut out = Vec::new();
         let c = match op {
@@ -316,7 +325,7 @@ proptest! {
         let now = Instant::now();
         let (store, _, _) = Store::open(dir.path(), Options::default()).expect("store opens");
         let broker = Broker::with_store(Limits::default(), Arc::new(AllowAll), now, Some(Arc::new(store)));
-        let mut run = Run { broker: broker.clone(), conns: (0..3).map(|_| None).collect(), names: (0..3).map(|i| format!("c{i}")).collect() };
+        let mut run = Run::new(broker.clone());
         for op in &ops {
             run.apply(op, now);
         }
@@ -384,6 +393,25 @@ fn broker_with_store(dir: &std::path::Path, now: Instant) -> Arc<Broker> {
     )
 }
 
+/// Two cluster nodes' brokers, each with its store in its own temporary folder (returned to
+/// live as long as the test).
+fn two_nodes(
+    now: Instant,
+) -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    Arc<Broker>,
+    Arc<Broker>,
+) {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("folder"),
+        tempfile::tempdir().expect("folder"),
+    );
+    let a = broker_with_store(dir_a.path(), now);
+    let b = broker_with_store(dir_b.path(), now);
+    (dir_a, dir_b, a, b)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -392,11 +420,9 @@ proptest! {
     /// gone from the first node, store included; and the second node's store replays it.
     #[test]
     fn a_moved_session_is_the_session_the_client_left(ops in proptest::collection::vec(op(), 1..80)) {
-        let (dir_a, dir_b) = (tempfile::tempdir().expect("folder"), tempfile::tempdir().expect("folder"));
         let now = Instant::now();
-        let a = broker_with_store(dir_a.path(), now);
-        let b = broker_with_store(dir_b.path(), now);
-        let mut run = Run { broker: a.clone(), conns: (0..3).map(|_| None).collect(), names: (0..3).map(|i| format!("c{i}")).collect() };
+        let (dir_a, dir_b, a, b) = two_nodes(now);
+        let mut run = Run::new(a.clone());
         for op in &ops {
             run.apply(op, now);
         }
@@ -455,18 +481,9 @@ fn malformed_session_bytes_are_refused() {
 /// back first, since the new node's store does not have them.
 #[test]
 fn a_moved_session_takes_its_offloaded_messages_along() {
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("folder"),
-        tempfile::tempdir().expect("folder"),
-    );
     let now = Instant::now();
-    let a = broker_with_store(dir_a.path(), now);
-    let b = broker_with_store(dir_b.path(), now);
-    let mut run = Run {
-        broker: a.clone(),
-        conns: (0..3).map(|_| None).collect(),
-        names: (0..3).map(|i| format!("c{i}")).collect(),
-    };
+    let (_dir_a, _dir_b, a, b) = two_nodes(now);
+    let mut run = Run::new(a.clone());
     let connect = |c, clean| Op::Connect {
         c,
         clean,
@@ -535,24 +552,15 @@ fn cluster_message(payload: &str, id: Option<(u64, u64)>) -> Arc<crate::Message>
 /// during the move is lost or doubled.
 #[test]
 fn a_session_moved_in_two_steps_has_each_message_once() {
-    let (dir_a, dir_b) = (
-        tempfile::tempdir().expect("folder"),
-        tempfile::tempdir().expect("folder"),
-    );
     let now = Instant::now();
-    let a = broker_with_store(dir_a.path(), now);
-    let b = broker_with_store(dir_b.path(), now);
+    let (_dir_a, _dir_b, a, b) = two_nodes(now);
     let numbers = std::sync::atomic::AtomicU64::new(0);
     a.set_forwarder(Box::new(move |m| {
         let n = numbers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let _ = m.cluster_id.set((7, n));
         0
     }));
-    let mut run = Run {
-        broker: a.clone(),
-        conns: (0..3).map(|_| None).collect(),
-        names: (0..3).map(|i| format!("c{i}")).collect(),
-    };
+    let mut run = Run::new(a.clone());
     let connect = Op::Connect {
         c: 0,
         clean: false,

@@ -405,66 +405,24 @@ pub(crate) fn render(
             "",
             u8::from(c.connected.load(Ordering::Relaxed)),
         );
-        family(
-            &mut out,
-            "tern_cluster_messages_total",
-            "counter",
-            "Messages exchanged with the other nodes (out: published on NATS; in: routed here).",
-        );
-        sample(
-            &mut out,
-            "tern_cluster_messages_total",
-            "direction=\"out\"",
-            load(&c.forwarded_out),
-        );
-        sample(
-            &mut out,
-            "tern_cluster_messages_total",
-            "direction=\"in\"",
-            load(&c.forwarded_in),
-        );
-        family(
-            &mut out,
-            "tern_cluster_sessions_moved_total",
-            "counter",
-            "Persistent sessions taken over from another node (in) or handed to one (out).",
-        );
-        sample(
-            &mut out,
-            "tern_cluster_sessions_moved_total",
-            "direction=\"out\"",
-            load(&c.sessions_moved_out),
-        );
-        sample(
-            &mut out,
-            "tern_cluster_sessions_moved_total",
-            "direction=\"in\"",
-            load(&c.sessions_moved_in),
-        );
-        family(
-            &mut out,
-            "tern_cluster_sessions_recovered_total",
-            "counter",
-            "Persistent sessions rebuilt here from the summary of a node that did not answer.",
-        );
-        sample(
-            &mut out,
-            "tern_cluster_sessions_recovered_total",
-            "",
-            load(&c.sessions_recovered),
-        );
-        family(
-            &mut out,
-            "tern_cluster_sessions_summarised",
-            "gauge",
-            "Persistent sessions of this node whose summary is in the cluster's bucket.",
-        );
-        sample(
-            &mut out,
-            "tern_cluster_sessions_summarised",
-            "",
-            load(&c.sessions_summarised),
-        );
+        for (name, help, out_value, in_value) in [
+            (
+                "tern_cluster_messages_total",
+                "Messages exchanged with the other nodes (out: published on NATS; in: routed here).",
+                &c.forwarded_out,
+                &c.forwarded_in,
+            ),
+            (
+                "tern_cluster_sessions_moved_total",
+                "Persistent sessions taken over from another node (in) or handed to one (out).",
+                &c.sessions_moved_out,
+                &c.sessions_moved_in,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, "direction=\"out\"", load(out_value));
+            sample(&mut out, name, "direction=\"in\"", load(in_value));
+        }
         for (name, help, value) in [
             (
                 "tern_cluster_dropped_total",
@@ -496,22 +454,30 @@ pub(crate) fn render(
                 "Connections closed here because their client connected to another node.",
                 load(&c.taken_over),
             ),
+            (
+                "tern_cluster_sessions_recovered_total",
+                "Persistent sessions rebuilt here from the summary of a node that did not answer.",
+                load(&c.sessions_recovered),
+            ),
         ] {
             family(&mut out, name, "counter", help);
             sample(&mut out, name, "", value);
         }
-        family(
-            &mut out,
-            "tern_cluster_subscriptions",
-            "gauge",
-            "NATS subscriptions this node holds for its local filters.",
-        );
-        sample(
-            &mut out,
-            "tern_cluster_subscriptions",
-            "",
-            c.subjects.load(Ordering::Relaxed),
-        );
+        for (name, help, value) in [
+            (
+                "tern_cluster_subscriptions",
+                "NATS subscriptions this node holds for its local filters.",
+                c.subjects.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "tern_cluster_sessions_summarised",
+                "Persistent sessions of this node whose summary is in the cluster's bucket.",
+                load(&c.sessions_summarised),
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            sample(&mut out, name, "", value);
+        }
     }
     metrics.publish_handling.render(
         &mut out,

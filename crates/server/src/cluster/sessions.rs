@@ -422,9 +422,10 @@ impl SessionMover {
             let body = if ask == Ask::Prepare as u8 {
                 self.broker.prepare_move(id, now()).unwrap_or_default()
             } else {
-                // The new node writes the session's summary from now on.
-                self.written().remove(id);
+                // The new node writes the session's summary from now on. Forgotten after the
+                // session is gone, so a checkpoint running meanwhile cannot take it up again.
                 let bytes = self.broker.export_session(id, now());
+                self.written().remove(id);
                 let discard = ask == Ask::Discard as u8;
                 if bytes.is_some() {
                     self.status
@@ -503,6 +504,7 @@ impl SessionMover {
                 .collect()
         };
         let mut earlier: HashMap<Arc<str>, u64> = HashMap::new();
+        let looked_up = !first_seen.is_empty();
         for id in first_seen {
             match self.summary(&id).await {
                 Some(s) if s.node != self.config.node => {
@@ -519,7 +521,12 @@ impl SessionMover {
                 None => {}
             }
         }
-        let summaries = self.broker.session_summaries(now());
+        // Taken again only if the look-ups above gave sessions time to change.
+        let summaries = if looked_up {
+            self.broker.session_summaries(now())
+        } else {
+            summaries
+        };
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
         {
@@ -527,6 +534,11 @@ impl SessionMover {
             let mut present = HashSet::new();
             for s in summaries {
                 present.insert(s.client_id.clone());
+                // Handed to another node since the summaries were taken: its summary is not
+                // ours to write (nor to delete: it stays in `present`).
+                if self.broker.session(&s.client_id).is_none() {
+                    continue;
+                }
                 let hash = self.hasher.hash_one(&s.skeleton);
                 let fresh = wall_ms.saturating_sub(REPLAY_MARGIN_MS);
                 let w = written.entry(s.client_id.clone()).or_insert_with(|| {
