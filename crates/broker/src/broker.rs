@@ -14,10 +14,11 @@ use crate::access::{AccessControl, AllowAll};
 use crate::config::Limits;
 use crate::message::Message;
 use crate::persist::{self, Journal};
-use crate::session::{Inflight, Outgoing, Session};
+use crate::session::{Enqueued, Inflight, Outgoing, Session};
 use crate::tree::SubscriptionTree;
 use tern_proto::QoS;
 use tern_store::{Record, Store};
+use tokio::sync::Notify;
 
 /// Counters for `$SYS` and the admin API.
 #[derive(Debug, Default)]
@@ -34,6 +35,8 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     /// Bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Times a publisher was held back by a subscriber's full queue (flow control).
+    pub publishers_held: AtomicU64,
     /// Messages dropped, for any cause (the sum of `dropped`).
     pub messages_dropped: AtomicU64,
     /// PUBLISH packets received, by QoS.
@@ -107,6 +110,9 @@ pub struct Broker {
     observer: OnceLock<Observer>,
     forwarder: OnceLock<Forwarder>,
     connect_hook: OnceLock<ConnectHook>,
+    /// Notified when a session's queue that held publishers back has drained (or its
+    /// connection ended): waiting publishers look again.
+    pub drained: Notify,
 }
 
 /// Called with every message the broker routes (the console's topic tree).
@@ -173,6 +179,7 @@ impl Broker {
             observer: OnceLock::new(),
             forwarder: OnceLock::new(),
             connect_hook: OnceLock::new(),
+            drained: Notify::new(),
         })
     }
 
@@ -322,18 +329,21 @@ impl Broker {
     /// Subscription Identifiers. Returns how many sessions it reached.
     pub fn route(&self, message: Arc<Message>) -> usize {
         let mut journal = None;
-        let (reached, _) = self.route_logged(message, &mut journal);
+        let (reached, _) = self.route_logged(message, &mut journal, None);
         persist::commit(journal);
         reached
     }
 
     /// [`Broker::route`], writing what must outlive a crash into `journal` (begun here if
     /// needed and not begun yet: the caller commits it and waits for it before acknowledging).
+    /// With `held`, the publisher can be held back: sessions whose full queue took the
+    /// message anyway are added to it (see [`Session::enqueue`]).
     /// Returns the sessions reached and the forwarder's ticket (0: none).
     pub(crate) fn route_logged<'s>(
         &'s self,
         message: Arc<Message>,
         journal: &mut Option<Journal<'s>>,
+        held: Option<&mut Vec<Arc<Session>>>,
     ) -> (usize, u64) {
         if let Some(observe) = self.observer.get() {
             observe(&message);
@@ -354,7 +364,10 @@ impl Broker {
         }
         let retain = message.retain && self.limits.retain_available;
         let matches = self.tree().matches_with(&message.topic, groups);
-        (self.deliver(message, matches, retain, journal), ticket)
+        (
+            self.deliver(message, matches, retain, journal, held),
+            ticket,
+        )
     }
 
     /// Delivers a message that came from the cluster for the shared subscription
@@ -363,18 +376,21 @@ impl Broker {
     pub fn route_shared(&self, message: Arc<Message>, shared_filter: &str) -> usize {
         let member = self.tree().group_member(shared_filter);
         let mut journal = None;
-        let reached = self.deliver(message, member.into_iter().collect(), false, &mut journal);
+        let member = member.into_iter().collect();
+        let reached = self.deliver(message, member, false, &mut journal, None);
         persist::commit(journal);
         reached
     }
 
     /// Queues `message` for `matches`, one copy per session, retaining it first if `retain`.
+    /// `held`: as in [`Broker::route_logged`].
     pub(crate) fn deliver<'s>(
         &'s self,
         message: Arc<Message>,
         matches: Vec<crate::tree::Subscriber>,
         retain: bool,
         journal: &mut Option<Journal<'s>>,
+        mut held: Option<&mut Vec<Arc<Session>>>,
     ) -> usize {
         // Merge overlapping subscriptions per session (section 3.3.4). Finding a session's
         // entry is a scan while there are few, and an index by session beyond that: a scan
@@ -456,8 +472,20 @@ impl Broker {
             self.retain(&message, journal.as_mut());
         }
         for (session, out) in per_session {
-            if !session.enqueue(out, self.limits.queue_limit(), journal.as_mut()) {
-                self.stats.drop_messages(DropCause::QueueFull, 1);
+            // A publisher is not held back by its own queue: it would stop reading the
+            // acknowledgements that drain it.
+            let own = session.client_id == message.publisher;
+            let limit = self.limits.queue_limit();
+            match session.enqueue(out, limit, journal.as_mut(), held.is_some() && !own) {
+                Enqueued::Queued => {}
+                Enqueued::OverLimit => {
+                    if let Some(held) = held.as_deref_mut() {
+                        if !held.iter().any(|s| Arc::ptr_eq(s, &session)) {
+                            held.push(session);
+                        }
+                    }
+                }
+                Enqueued::Dropped => self.stats.drop_messages(DropCause::QueueFull, 1),
             }
         }
         reached
@@ -513,10 +541,9 @@ impl Broker {
                 out.subscription_ids = other.id.into_iter().collect();
                 // The new entry is written before the old one is finished, so the message
                 // is needed by one of them throughout.
-                if !other
-                    .session
-                    .enqueue(out, self.limits.queue_limit(), journal.as_mut())
-                {
+                let limit = self.limits.queue_limit();
+                let queued = other.session.enqueue(out, limit, journal.as_mut(), false);
+                if queued == Enqueued::Dropped {
                     self.stats.drop_messages(DropCause::QueueFull, 1);
                 }
                 if let (Some(j), true) = (journal.as_mut(), old_seq != 0) {

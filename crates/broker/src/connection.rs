@@ -105,6 +105,9 @@ pub(crate) struct Attached {
     pub(crate) steps: Vec<persist::Step>,
     /// Whether one of `steps` must be durable before the output leaves.
     pub(crate) steps_wait: bool,
+    /// With flow control: the sessions whose full queues took this client's messages since
+    /// the transport last asked ([`Connection::take_held_by`]).
+    pub(crate) held_by: Option<Vec<Arc<Session>>>,
 }
 
 /// Where a connection comes from, as its transport knows it.
@@ -131,6 +134,9 @@ pub struct Connection {
     pub(crate) attached: Option<Attached>,
     /// The outcome of authenticating the coming CONNECT, if the transport did it already.
     pub(crate) authentication: Option<Result<Identity, ReasonCode>>,
+    /// Whether the transport stops reading while subscribers' full queues hold this
+    /// client's publications back ([`Connection::enable_flow_control`]).
+    pub(crate) flow_control: bool,
 }
 
 /// Appends `packet`, encoded in `version`, to `out`.
@@ -158,7 +164,36 @@ impl Connection {
             origin,
             attached: None,
             authentication: None,
+            flow_control: false,
         }
+    }
+
+    /// Promises that the transport stops reading this client's packets while
+    /// [`Connection::take_held_by`] names sessions that still hold it back
+    /// ([`Session::holding_back`]). Without it, QoS 1/2 messages beyond a full queue are
+    /// dropped; with it they are queued and the client is slowed instead.
+    pub fn enable_flow_control(&mut self) {
+        self.flow_control = true;
+    }
+
+    /// Whether a subscriber's full queue took one of this client's messages since the last
+    /// [`Connection::take_held_by`]: the transport handles none of its packets until then.
+    pub fn is_held(&self) -> bool {
+        self.attached
+            .as_ref()
+            .and_then(|a| a.held_by.as_ref())
+            .is_some_and(|h| !h.is_empty())
+    }
+
+    /// The sessions whose full queues took this client's messages since the last call: the
+    /// transport reads nothing more from the client until none of them is
+    /// [`Session::holding_back`].
+    pub fn take_held_by(&mut self) -> Vec<Arc<Session>> {
+        self.attached
+            .as_mut()
+            .and_then(|a| a.held_by.as_mut())
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// What `c` presents for authentication, with what the transport knows of the client.
@@ -360,6 +395,11 @@ impl Connection {
                 None
             } else {
                 state.owner = None;
+                if std::mem::take(&mut state.pushback.over) {
+                    // Publishers waiting for this queue go on: it is not drained while away.
+                    state.pushback.given_up = false;
+                    self.broker.drained.notify_waiters();
+                }
                 state.disconnected_at = Some(now);
                 state.peer = None;
                 state.connected_since = None;

@@ -202,7 +202,7 @@ impl Broker {
             return 0;
         }
         let mut journal = None;
-        self.deliver(message, matches, false, &mut journal);
+        self.deliver(message, matches, false, &mut journal, None);
         persist::commit(journal)
     }
 

@@ -196,7 +196,38 @@ pub struct SessionState {
     pub dropped: u64,
     /// Messages queued for it so far (cluster mode watches its growth).
     pub received: u64,
+    /// Whether publishers wait for this session's queue (see [`Session::enqueue`]).
+    pub pushback: Pushback,
     next_packet_id: u16,
+}
+
+/// How a session's full queue holds back the publishers that fill it.
+///
+/// A QoS 1/2 message from a client whose connection honours the hold is queued beyond the
+/// limit (up to twice it) rather than dropped, and that client's connection stops reading
+/// until the queue is back under three quarters of the limit. A subscriber that takes
+/// nothing from its queue while publishers wait is given up on: messages beyond its limit
+/// are dropped (and counted) again until it drains.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pushback {
+    /// The queue went over its limit and publishers wait for it to drain.
+    pub over: bool,
+    /// Waiting publishers saw no progress and stopped waiting.
+    pub given_up: bool,
+    /// Messages taken from the queue so far (sent or expired): the progress waiting
+    /// publishers watch.
+    pub taken: u64,
+}
+
+/// What [`Session::enqueue`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued within the limit.
+    Queued,
+    /// Queued beyond the limit: the publisher must wait for the queue to drain.
+    OverLimit,
+    /// Dropped: the queue was full.
+    Dropped,
 }
 
 impl SessionState {
@@ -219,6 +250,7 @@ impl SessionState {
             disconnected_at: None,
             dropped: 0,
             received: 0,
+            pushback: Pushback::default(),
             next_packet_id: 1,
         }
     }
@@ -320,26 +352,42 @@ impl Session {
         self.lock().owner.is_some()
     }
 
-    /// Queues `out` for the client, within `limit`. When the queue is full the new message is
-    /// dropped, counted and logged: a slow consumer never holds up the publisher or the other
-    /// subscribers. A QoS 1/2 message for a persistent session is written to `journal`, under
-    /// this session's lock so that its record precedes any record of its delivery. Returns
-    /// whether it was queued.
+    /// Queues `out` for the client, within `limit`. When the queue is full a QoS 1/2 message
+    /// from a publisher that can be `held` back is queued anyway (up to twice the limit) while
+    /// the session is connected and not given up on ([`Pushback`]); any other message is
+    /// dropped, counted and logged: a disconnected or stuck consumer never holds up the
+    /// publisher. A QoS 1/2 message for a persistent session is written to `journal`, under
+    /// this session's lock so that its record precedes any record of its delivery.
     pub(crate) fn enqueue(
         &self,
         mut out: Outgoing,
         limit: QueueLimit,
         journal: Option<&mut Journal<'_>>,
-    ) -> bool {
+        held: bool,
+    ) -> Enqueued {
         let mut state = self.lock();
-        if state.queue.len() >= limit.messages || state.queue.bytes() + out.size() > limit.bytes {
-            state.dropped += 1;
-            let dropped = state.dropped;
-            if dropped == 1 || dropped.is_multiple_of(1000) {
-                warn!(client_id = %self.client_id, dropped, limit = limit.messages,
-                    "queue full: message dropped");
+        let (len, bytes) = (state.queue.len(), state.queue.bytes() + out.size());
+        let mut outcome = Enqueued::Queued;
+        if len >= limit.messages || bytes > limit.bytes {
+            let within_hold =
+                len < limit.messages.saturating_mul(2) && bytes <= limit.bytes.saturating_mul(2);
+            if held
+                && within_hold
+                && out.qos != QoS::AtMostOnce
+                && state.owner.is_some()
+                && !state.pushback.given_up
+            {
+                state.pushback.over = true;
+                outcome = Enqueued::OverLimit;
+            } else {
+                state.dropped += 1;
+                let dropped = state.dropped;
+                if dropped == 1 || dropped.is_multiple_of(1000) {
+                    warn!(client_id = %self.client_id, dropped, limit = limit.messages,
+                        "queue full: message dropped");
+                }
+                return Enqueued::Dropped;
             }
-            return false;
         }
         out.seq = 0;
         if let Some(journal) =
@@ -361,6 +409,27 @@ impl Session {
         if connected && was_empty {
             self.wake.notify_one();
         }
-        true
+        outcome
+    }
+
+    /// While this session's full queue holds publishers back: how many messages it has taken
+    /// from its queue so far (waiting publishers watch it move). `None` once they may go on.
+    pub fn holding_back(&self) -> Option<u64> {
+        let state = self.lock();
+        let holds = state.pushback.over && !state.pushback.given_up && state.owner.is_some();
+        holds.then_some(state.pushback.taken)
+    }
+
+    /// Stops holding publishers back for this session, which took nothing from its queue
+    /// while they waited: until it drains, messages beyond its limit are dropped.
+    pub fn give_up_holding(&self) {
+        let mut state = self.lock();
+        if state.pushback.over && !state.pushback.given_up {
+            state.pushback.given_up = true;
+            let queued = state.queue.len();
+            drop(state);
+            warn!(client_id = %self.client_id, queued,
+                "subscriber takes nothing from its full queue: publishers no longer wait for it");
+        }
     }
 }

@@ -411,6 +411,10 @@ pub struct LimitsConfig {
     pub max_message_rate: u32,
     /// Bytes a client may send per second; 0: no limit. Throttled the same way.
     pub max_bandwidth: u64,
+    /// Seconds publishers wait for a subscriber whose queue is over its limit and who takes
+    /// nothing from it; then it is given up on and messages beyond its limit are dropped.
+    /// 0: publishers are never held back (QoS 1/2 messages beyond a full queue are dropped).
+    pub slow_subscriber_timeout: u64,
 }
 
 /// `[sys]`: the `$SYS/broker/...` topics.
@@ -461,6 +465,7 @@ macro_rules! shared_limits {
                     max_connections_per_address: 1000,
                     max_message_rate: 0,
                     max_bandwidth: 0,
+                    slow_subscriber_timeout: 10,
                     $($name: l.$name,)*
                 }
             }

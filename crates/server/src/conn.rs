@@ -2,14 +2,16 @@
 //!
 //! Also where the abuse limits that need the clock live: the CONNECT deadline, the delay on
 //! logins from addresses that failed before, and per-client message and byte rates (excess is
-//! throttled by not reading the socket, so nothing piles up in memory).
+//! throttled by not reading the socket, so nothing piles up in memory), and flow control: a
+//! client whose QoS 1/2 messages went into a subscriber's full queue is not read until that
+//! queue drains ([`Hold`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_broker::{Broker, Close, Connection, DelayedWill, End, Origin};
+use tern_broker::{Broker, Close, Connection, DelayedWill, End, Origin, Session};
 use tern_proto::{decode, Packet, ReasonCode};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -33,6 +35,9 @@ pub(crate) struct Context {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_message_rate: u32,
     pub(crate) max_bandwidth: u64,
+    /// How long a held publisher waits for a subscriber that takes nothing from its queue
+    /// (zero: publishers are never held).
+    pub(crate) slow_subscriber_timeout: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// What the server counts (refused logins, handling time).
     pub(crate) metrics: Arc<Metrics>,
@@ -134,24 +139,94 @@ struct Handled {
     starved: bool,
 }
 
+/// A publisher held back: the sessions whose full queues took its messages, with how many
+/// messages each had taken from its queue when last looked at.
+struct Hold {
+    sessions: Vec<(Arc<Session>, u64)>,
+    /// When to look for progress again.
+    check_at: Instant,
+}
+
+impl Hold {
+    /// A hold on the sessions among `held_by` that still hold back. With none left it is
+    /// released at once, which also handles the packets left unhandled when it began.
+    fn new(held_by: Vec<Arc<Session>>, timeout: Duration) -> Hold {
+        Hold {
+            sessions: held_by
+                .into_iter()
+                .filter_map(|s| s.holding_back().map(|taken| (s, taken)))
+                .collect(),
+            check_at: Instant::now() + timeout,
+        }
+    }
+
+    /// Waits until no session holds back any more (`Released`) or the time to look for
+    /// progress has come (`HoldCheck`).
+    async fn released(&self, broker: &Broker) -> Event {
+        loop {
+            let drained = broker.drained.notified();
+            tokio::pin!(drained);
+            // Registered before looking, so a drain between the look and the wait is seen.
+            drained.as_mut().enable();
+            if self
+                .sessions
+                .iter()
+                .all(|(s, _)| s.holding_back().is_none())
+            {
+                return Event::Released;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = sleep_until(self.check_at) => return Event::HoldCheck,
+            }
+        }
+    }
+
+    /// Gives up on the sessions that took nothing from their queues since the last look;
+    /// returns whether any session still holds back.
+    fn check(&mut self, timeout: Duration) -> bool {
+        self.sessions
+            .retain_mut(|(session, seen)| match session.holding_back() {
+                None => false,
+                Some(taken) if taken == *seen => {
+                    session.give_up_holding();
+                    false
+                }
+                Some(taken) => {
+                    *seen = taken;
+                    true
+                }
+            });
+        self.check_at = Instant::now() + timeout;
+        !self.sessions.is_empty()
+    }
+}
+
 enum Event {
     Read(std::io::Result<usize>),
     Wake,
     Deadline,
     Shutdown,
-    ThrottleOver,
+    /// Handle the packets that wait in the input buffer (after the throttle or a hold).
+    Resume,
+    Released,
+    HoldCheck,
 }
 
 pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin, ip: IpAddr) {
     let broker = ctx.broker.clone();
     let mut shutdown = ctx.shutdown.clone();
     let mut conn = Connection::new(broker.clone(), origin);
+    if !ctx.slow_subscriber_timeout.is_zero() {
+        conn.enable_flow_control();
+    }
     // Buffers grow only when a client sends or is sent something.
     let mut input: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut deadline = Instant::now() + ctx.connect_timeout;
     let mut throttle = Throttle::new(&ctx);
     let mut throttled_until: Option<Instant> = None;
+    let mut held: Option<Hold> = None;
     let mut durable_seen = 0u64;
     let mut forwarded_seen = 0u64;
 
@@ -163,23 +238,55 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                 None => std::future::pending().await,
             }
         };
-        let reading = throttled_until.is_none();
+        let reading = throttled_until.is_none() && held.is_none();
         // One timer for both deadlines (each costs an idle connection 112 bytes): the
         // throttle's end comes first when there is one, and the keep-alive deadline is
-        // checked again after it.
+        // checked again after it. A held publisher's packets wait for the hold first.
         let (timer, timer_event) = match throttled_until {
-            Some(t) if t < deadline => (t, Event::ThrottleOver),
+            Some(t) if t < deadline && held.is_none() => (t, Event::Resume),
             _ => (deadline, Event::Deadline),
+        };
+        // Boxed: only a held publisher pays for the wait's state.
+        let release = async {
+            match &held {
+                Some(hold) => Box::pin(hold.released(&broker)).await,
+                None => std::future::pending().await,
+            }
         };
         let event = tokio::select! {
             r = transport.read_into(&mut input), if reading => Event::Read(r),
+            e = release => e,
             _ = wake => Event::Wake,
             _ = sleep_until(timer) => timer_event,
             _ = shutdown.changed() => Event::Shutdown,
         };
+        let event = match event {
+            Event::Released | Event::HoldCheck => {
+                let go_on = matches!(event, Event::Released)
+                    || !held
+                        .as_mut()
+                        .is_some_and(|h| h.check(ctx.slow_subscriber_timeout));
+                if !go_on {
+                    continue;
+                }
+                held = None;
+                // The client's packets waited in the socket because of the hold.
+                deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
+                if throttled_until.is_some() || input.is_empty() {
+                    continue;
+                }
+                Event::Resume
+            }
+            Event::Deadline if held.is_some() => {
+                // Not the client's silence: its packets wait unread while it is held.
+                deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
+                continue;
+            }
+            event => event,
+        };
         let step = match event {
             Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
-            Event::Read(Ok(_)) | Event::ThrottleOver => {
+            Event::Read(Ok(_)) | Event::Resume => {
                 let n = match event {
                     Event::Read(Ok(n)) => n,
                     _ => 0,
@@ -212,11 +319,20 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                 if let Some(wait) = spent {
                     throttled_until = Some(Instant::now() + wait);
                 }
+                // Subscribers' full queues took this client's messages: read nothing more
+                // until they drain, so TCP slows the client instead of the broker dropping
+                // what it acknowledged.
+                let held_by = conn.take_held_by();
+                if !held_by.is_empty() {
+                    broker.stats.publishers_held.fetch_add(1, Ordering::Relaxed);
+                    held = Some(Hold::new(held_by, ctx.slow_subscriber_timeout));
+                }
                 step
             }
             Event::Wake => conn
                 .flush(now(), &mut out)
                 .map_err(|c| closed(&mut conn, c, &mut out)),
+            Event::Released | Event::HoldCheck => Ok(()),
             Event::Deadline => {
                 // [MQTT-3.1.2-24] silent for 1.5 times the keep alive, or no CONNECT in time.
                 let close = match conn.session() {
@@ -348,6 +464,10 @@ async fn handle_input(
                 }
                 if let Some(reason) = disconnect {
                     break Err(End::Disconnected(reason));
+                }
+                if is_publish && conn.is_held() {
+                    // The rest waits until the subscribers' queues drain (see `Hold`).
+                    break Ok(());
                 }
             }
             Ok(None) => break Ok(()),

@@ -175,6 +175,7 @@ impl Server {
             connect_timeout: Duration::from_secs(limits.connect_timeout),
             max_message_rate: limits.max_message_rate,
             max_bandwidth: limits.max_bandwidth,
+            slow_subscriber_timeout: Duration::from_secs(limits.slow_subscriber_timeout),
             shutdown: shutdown.subscribe(),
             metrics: Arc::new(metrics::Metrics::default()),
             sessions: None,

@@ -161,6 +161,18 @@ pub(crate) fn render(
     sample(&mut out, "tern_connects_total", "", load(&s.connects));
     family(
         &mut out,
+        "tern_publishers_held_total",
+        "counter",
+        "Times a publisher stopped being read because a subscriber's queue was over its limit.",
+    );
+    sample(
+        &mut out,
+        "tern_publishers_held_total",
+        "",
+        load(&s.publishers_held),
+    );
+    family(
+        &mut out,
         "tern_sessions",
         "gauge",
         "Sessions held, connected or not.",

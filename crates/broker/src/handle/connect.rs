@@ -199,6 +199,7 @@ pub(crate) fn handle_connect(
         forwarded: 0,
         steps: Vec::new(),
         steps_wait: false,
+        held_by: conn.flow_control.then(Vec::new),
     });
     // A resumed session gets what was in flight again, then its queue [MQTT-4.4.0-1].
     let attached = conn

@@ -14,7 +14,7 @@ use crate::broker::{Broker, DropCause};
 use crate::connection::{send, Attached, Close};
 use crate::message::Message;
 use crate::persist;
-use crate::session::{Inflight, Outgoing};
+use crate::session::{Inflight, Outgoing, SessionState};
 use std::sync::Arc;
 use tern_store::Record;
 
@@ -33,6 +33,7 @@ pub(crate) fn flush(
     // Store entries that were sent (seq, packet id) or expired (seq, None).
     let mut logged: Vec<(u64, Option<u16>)> = Vec::new();
     let mut qos2_sent = false;
+    let released;
     {
         let mut state = a.session.lock();
         if let Some(reason) = state.kick.filter(|_| state.owner != Some(conn_id)) {
@@ -76,6 +77,10 @@ pub(crate) fn flush(
                 .insert(id.get(), Inflight::Publish(next.clone()));
             batch.push((next, Some(id)));
         }
+        released = take_pushback(&mut state, batch.len() as u64 + expired, broker);
+    }
+    if released {
+        broker.drained.notify_waiters();
     }
     if !logged.is_empty() && a.session.is_persistent() {
         if let Some(store) = broker.store() {
@@ -105,6 +110,23 @@ pub(crate) fn flush(
         write_publish(broker, a, outgoing, *id, false, now, out);
     }
     Ok(())
+}
+
+/// Counts `taken` messages out of the queue and, once a queue that held publishers back is
+/// under three quarters of its limit, lets them go (returns whether to tell them).
+fn take_pushback(state: &mut SessionState, taken: u64, broker: &Broker) -> bool {
+    state.pushback.taken += taken;
+    if !state.pushback.over {
+        return false;
+    }
+    let limit = broker.limits.queue_limit();
+    let low = |n: usize| n / 4 * 3;
+    if state.queue.len() > low(limit.messages) || state.queue.bytes() > low(limit.bytes) {
+        return false;
+    }
+    state.pushback.over = false;
+    state.pushback.given_up = false;
+    true
 }
 
 /// Reads back from the store the offloaded messages among the next `window` QoS 1/2 entries,

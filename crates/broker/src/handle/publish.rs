@@ -113,7 +113,7 @@ pub(crate) fn handle_publish(
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
         };
-        broker.route_logged(Arc::new(message), &mut journal)
+        broker.route_logged(Arc::new(message), &mut journal, a.held_by.as_mut())
     };
     a.needs = a.needs.max(persist::commit(journal));
     a.forwarded = a.forwarded.max(ticket);

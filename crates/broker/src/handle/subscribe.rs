@@ -57,7 +57,8 @@ pub(crate) fn handle_subscribe(
             a.needs = a.needs.max(persist::commit(journal.take()));
             journal = broker.journal().filter(|_| persistent);
         }
-        a.session.enqueue(out, QueueLimit::NONE, journal.as_mut());
+        a.session
+            .enqueue(out, QueueLimit::NONE, journal.as_mut(), false);
     }
     a.needs = a.needs.max(persist::commit(journal));
     Ok(())

@@ -1,10 +1,11 @@
 //! Limits: packet size, receive maximum, bounded queues.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tern_proto::{Packet, ProtocolVersion::*, QoS};
+use tern_proto::{Ack, Packet, ProtocolVersion::*, QoS};
 
-use crate::client::{publish, TestBroker};
+use crate::client::{pid, publish, Raw, TestBroker};
 
 #[tokio::test]
 async fn packet_over_the_maximum_is_refused() {
@@ -44,11 +45,13 @@ async fn qos_above_maximum_is_refused() {
 }
 
 #[tokio::test]
-async fn slow_subscriber_queue_is_bounded_and_others_are_served() {
-    // A subscriber that never reads keeps at most max_queued_messages; the rest are dropped and
-    // counted, and a reading subscriber gets everything.
-    let broker =
-        TestBroker::with_config("[limits]\nmax_queued_messages = 10\nmax_inflight = 5\n").await;
+async fn without_flow_control_a_slow_subscriber_queue_is_bounded_and_others_are_served() {
+    // A subscriber that never reads keeps at most max_queued_messages; with publishers never
+    // held back the rest are dropped and counted, and a reading subscriber gets everything.
+    let broker = TestBroker::with_config(
+        "[limits]\nmax_queued_messages = 10\nmax_inflight = 5\nslow_subscriber_timeout = 0\n",
+    )
+    .await;
     let mut stuck = broker.connect(V3_1_1, "stuck").await;
     stuck.subscribe("flood", QoS::AtLeastOnce, 1).await;
     let mut fine = broker.connect(V3_1_1, "fine").await;
@@ -76,8 +79,10 @@ async fn slow_subscriber_queue_is_bounded_and_others_are_served() {
 #[tokio::test]
 async fn queue_is_bounded_in_bytes_too() {
     // max_queued_bytes: payload and topic bytes waiting per session.
-    let broker =
-        TestBroker::with_config("[limits]\nmax_queued_bytes = 100\nmax_inflight = 1\n").await;
+    let broker = TestBroker::with_config(
+        "[limits]\nmax_queued_bytes = 100\nmax_inflight = 1\nslow_subscriber_timeout = 0\n",
+    )
+    .await;
     let mut stuck = broker.connect(V3_1_1, "stuck").await;
     stuck.subscribe("flood", QoS::AtLeastOnce, 1).await;
     let mut p = broker.connect(V3_1_1, "p").await;
@@ -103,6 +108,135 @@ async fn queue_is_bounded_in_bytes_too() {
             .await;
     }
     stuck.expect_silence(Duration::from_millis(100)).await;
+}
+
+fn counter(broker: &TestBroker, pick: fn(&tern_broker::Stats) -> &AtomicU64) -> u64 {
+    pick(&broker.server.broker.stats).load(Ordering::Relaxed)
+}
+
+fn dropped(broker: &TestBroker) -> u64 {
+    counter(broker, |s| &s.messages_dropped)
+}
+
+fn held(broker: &TestBroker) -> u64 {
+    counter(broker, |s| &s.publishers_held)
+}
+
+/// Sends QoS 1 PUBLISH packets `ids` on `topic` without waiting, each carrying its id.
+async fn send_all(p: &mut Raw, topic: &str, ids: std::ops::RangeInclusive<u16>) {
+    for i in ids {
+        p.send(&Packet::Publish(publish(
+            topic,
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            i,
+        )))
+        .await;
+    }
+}
+
+/// Reads PUBACKs for `ids`, in order.
+async fn expect_pubacks(p: &mut Raw, ids: std::ops::RangeInclusive<u16>) {
+    for i in ids {
+        p.recv(|packet| assert!(matches!(packet, Packet::PubAck(a) if a.packet_id == pid(i))))
+            .await;
+    }
+}
+
+/// Receives `ids` in order as QoS 1 messages and acknowledges each.
+async fn receive_and_ack(sub: &mut Raw, ids: std::ops::RangeInclusive<u16>) {
+    for i in ids {
+        let got = sub.expect_publish().await;
+        assert_eq!(got.payload, i.to_be_bytes());
+        sub.ack(Packet::PubAck(Ack::new(pid(got.packet_id.unwrap()))))
+            .await;
+    }
+}
+
+/// A broker with queues of 10 and windows of 5 (and `extra` limits), a subscriber `sub` on
+/// `flood` at QoS 1 holding messages 1 to 5 unacknowledged, and a publisher `p` that sent
+/// them: the next 10 messages fill the queue exactly.
+async fn full_window(extra: &str) -> (TestBroker, Raw, Raw) {
+    let limits = format!("[limits]\nmax_queued_messages = 10\nmax_inflight = 5\n{extra}");
+    let broker = TestBroker::with_config(&limits).await;
+    let mut sub = broker.connect(V3_1_1, "sub").await;
+    sub.subscribe("flood", QoS::AtLeastOnce, 1).await;
+    let mut p = broker.connect(V3_1_1, "p").await;
+    send_all(&mut p, "flood", 1..=5).await;
+    expect_pubacks(&mut p, 1..=5).await;
+    for i in 1..=5u16 {
+        assert_eq!(sub.expect_publish().await.payload, i.to_be_bytes());
+    }
+    (broker, sub, p)
+}
+
+/// Acknowledges the five messages [`full_window`] left in flight.
+async fn ack_window(sub: &mut Raw) {
+    for id in 1..=5 {
+        sub.ack(Packet::PubAck(Ack::new(pid(id)))).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_holds_its_publishers_back_instead_of_dropping() {
+    // Section 4.3.2: with PUBACK the broker takes the message over. A subscriber's full queue
+    // must not lose what was acknowledged: the publisher is not read (TCP slows it) until the
+    // queue drains, and every message arrives, in order [MQTT-4.6.0-3].
+    let (broker, mut slow, mut p) = full_window("").await;
+    send_all(&mut p, "flood", 6..=40).await;
+    // 10 queued, the 16th beyond the limit: acknowledged, and the publisher held.
+    expect_pubacks(&mut p, 6..=16).await;
+    p.expect_silence(Duration::from_secs(1)).await;
+    assert_eq!(held(&broker), 1);
+    ack_window(&mut slow).await;
+    receive_and_ack(&mut slow, 6..=40).await;
+    expect_pubacks(&mut p, 17..=40).await;
+    assert_eq!(dropped(&broker), 0);
+    slow.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_takes_nothing_is_given_up_on() {
+    // A subscriber that acknowledges nothing while publishers wait for it for
+    // slow_subscriber_timeout: they go on, and what is beyond its limit is dropped and counted.
+    let (broker, mut stuck, mut p) = full_window("slow_subscriber_timeout = 1\n").await;
+    send_all(&mut p, "flood", 6..=40).await;
+    expect_pubacks(&mut p, 6..=40).await;
+    assert_eq!(held(&broker), 1);
+    assert_eq!(dropped(&broker), 24);
+    // Once it takes from its queue again, it gets what its queue held: 10 and the one beyond.
+    ack_window(&mut stuck).await;
+    receive_and_ack(&mut stuck, 6..=16).await;
+    stuck.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_leaving_releases_its_publishers() {
+    // The queue of a disconnected session does not drain: publishers waiting for it go on.
+    let (broker, mut slow, mut p) = full_window("").await;
+    send_all(&mut p, "flood", 6..=20).await;
+    expect_pubacks(&mut p, 6..=16).await;
+    p.expect_silence(Duration::from_secs(1)).await;
+    let bye = tern_proto::Disconnect::new(tern_proto::ReasonCode::NORMAL_DISCONNECTION);
+    slow.send(&Packet::Disconnect(bye)).await;
+    expect_pubacks(&mut p, 17..=20).await;
+    assert_eq!(held(&broker), 1);
+}
+
+#[tokio::test]
+async fn qos0_beyond_a_full_queue_is_dropped_and_the_publisher_not_held() {
+    // QoS 0 promises nothing: a full queue drops it (counted) rather than slow its publisher.
+    let (broker, _stuck, mut p) = full_window("").await;
+    send_all(&mut p, "flood", 6..=15).await;
+    expect_pubacks(&mut p, 6..=15).await;
+    for i in 0..30u16 {
+        p.publish("flood", &i.to_be_bytes(), QoS::AtMostOnce, 0)
+            .await;
+    }
+    // A QoS 1 message after them is answered at once: the publisher was never held.
+    p.publish("other", b"x", QoS::AtLeastOnce, 16).await;
+    assert_eq!(held(&broker), 0);
+    assert_eq!(dropped(&broker), 30);
 }
 
 #[tokio::test]
