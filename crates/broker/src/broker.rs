@@ -633,11 +633,8 @@ impl Broker {
 
     /// Takes every subscription of `session` out of the tree.
     pub(crate) fn drop_subscriptions(&self, session: &Session) {
-        let filters: Vec<String> = session
-            .lock()
-            .subscriptions
-            .drain()
-            .map(|(f, _)| f)
+        let filters: Vec<String> = std::mem::take(&mut session.lock().subscriptions)
+            .into_keys()
             .collect();
         let mut tree = self.tree_mut();
         for f in filters {

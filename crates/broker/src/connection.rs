@@ -88,13 +88,13 @@ pub(crate) struct Attached {
     pub(crate) client_receive_maximum: u16,
     /// The client's Maximum Packet Size.
     pub(crate) client_max_packet: u32,
-    /// Topic aliases the client set toward the broker.
-    pub(crate) aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases both ways, once one is set (boxed: most clients never use them, and
+    /// every idle connection would carry the empty maps).
+    pub(crate) aliases: Option<Box<Aliases>>,
     /// The client's Topic Alias Maximum: aliases the broker may set toward it.
     pub(crate) client_alias_maximum: u16,
-    /// Topic aliases the broker set toward the client.
-    pub(crate) aliases_out: HashMap<Arc<str>, u16>,
-    pub(crate) will: Option<(PublishBuf, u32)>,
+    /// The will and its delay in seconds (boxed, for the same reason).
+    pub(crate) will: Option<Box<(PublishBuf, u32)>>,
     /// The store position the output written so far depends on: acknowledgements of what
     /// was stored, and deliveries recorded as sent.
     pub(crate) needs: u64,
@@ -108,6 +108,15 @@ pub(crate) struct Attached {
     /// With flow control: the sessions whose full queues took this client's messages since
     /// the transport last asked ([`Connection::take_held_by`]).
     pub(crate) held_by: Option<Vec<Arc<Session>>>,
+}
+
+/// The MQTT 5 topic aliases of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    /// Set by the client toward the broker.
+    pub(crate) incoming: HashMap<u16, Arc<str>>,
+    /// Set by the broker toward the client.
+    pub(crate) outgoing: HashMap<Arc<str>, u16>,
 }
 
 /// Where a connection comes from, as its transport knows it.
@@ -386,7 +395,7 @@ impl Connection {
             End::Closed(_) | End::Lost => true,
             End::Shutdown => false,
         };
-        let will = a.will.filter(|_| publish_will);
+        let will = a.will.map(|w| *w).filter(|_| publish_will);
         let mut journal = self.broker.journal();
         let expiry = {
             let mut state = a.session.lock();

@@ -399,7 +399,7 @@ impl Moved {
     /// Its subscriptions as a session keeps them: filter -> (options, identifier).
     fn subscription_map(
         &self,
-    ) -> std::collections::HashMap<String, (tern_proto::SubscriptionOptions, Option<u32>)> {
+    ) -> std::collections::BTreeMap<String, (tern_proto::SubscriptionOptions, Option<u32>)> {
         self.subscriptions
             .iter()
             .map(|(filter, options, id)| (filter.clone(), (*options, *id)))

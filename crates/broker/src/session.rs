@@ -6,7 +6,7 @@
 //! A session's state has one lock; nothing else is locked while it is held, except when
 //! the broker's session registry hands it over at CONNECT (registry, then session).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -181,13 +181,13 @@ pub struct SessionState {
     /// The user name the last connection authenticated with.
     pub username: Option<Arc<str>>,
     /// Filter -> (options, Subscription Identifier).
-    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    pub subscriptions: BTreeMap<String, (SubscriptionOptions, Option<u32>)>,
     /// Messages not yet sent, oldest first.
     pub queue: Queue,
     /// Messages sent and not yet acknowledged, by packet id.
     pub inflight: BTreeMap<u16, Inflight>,
     /// QoS 2 packet ids received from the client whose PUBREL has not arrived.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_interval: u32,
     /// When the last connection ended, for expiry.
@@ -242,10 +242,10 @@ impl SessionState {
             connected_since: None,
             version,
             username: None,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             queue: Queue::default(),
             inflight: BTreeMap::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             expiry_interval: 0,
             disconnected_at: None,
             dropped: 0,

@@ -7,13 +7,13 @@
 //! queue drains ([`Hold`]).
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tern_broker::{Broker, Close, Connection, DelayedWill, End, Origin, Session};
 use tern_proto::{decode, Packet, ReasonCode};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
@@ -39,12 +39,41 @@ pub(crate) struct Context {
     /// (zero: publishers are never held).
     pub(crate) slow_subscriber_timeout: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The same stop, as connections wait for it.
+    pub(crate) stop: Arc<Stop>,
     /// What the server counts (refused logins, handling time).
     pub(crate) metrics: Arc<Metrics>,
     /// In cluster mode: brings a client's session from the node it used before.
     pub(crate) sessions: Option<Arc<SessionMover>>,
     /// In cluster mode: the highest forwarder ticket the cluster's stream has confirmed.
     pub(crate) confirmed: Option<watch::Receiver<u64>>,
+}
+
+/// The server's stop, as a connection waits for it: a flag and a notification, whose waiter
+/// is half the size of a `watch` receiver's in every idle connection's task.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopping: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    /// Tells every connection to close.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Returns once the server stops.
+    async fn stopped(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before looking at the flag, so a stop in between is not missed.
+        notified.as_mut().enable();
+        if !self.stopping.load(Ordering::SeqCst) {
+            notified.await;
+        }
+    }
 }
 
 /// The longest a connection's output waits for the cluster to confirm its publications
@@ -213,77 +242,140 @@ enum Event {
     HoldCheck,
 }
 
-pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin, ip: IpAddr) {
-    let broker = ctx.broker.clone();
-    let mut shutdown = ctx.shutdown.clone();
-    let mut conn = Connection::new(broker.clone(), origin);
+/// One connection's state between its events.
+struct Link {
+    conn: Connection,
+    transport: Transport,
+    ip: IpAddr,
+    /// Bytes read and not yet handled. Buffers grow only when a client sends or is sent
+    /// something.
+    input: Vec<u8>,
+    out: Vec<u8>,
+    /// The keep-alive deadline (before CONNECT: the connect deadline).
+    deadline: Instant,
+    throttle: Option<Box<Throttle>>,
+    throttled_until: Option<Instant>,
+    held: Option<Box<Hold>>,
+    /// The store position and cluster ticket the output was last known to be safe up to.
+    durable_seen: u64,
+    forwarded_seen: u64,
+}
+
+/// Serves one connection until it ends; `guard` lives as long as it does.
+///
+/// Not an `async fn`: its arguments would stay in the task's state for the connection's
+/// whole life next to the `Link` built from them.
+pub(crate) fn serve<G: Send + 'static>(
+    ctx: Arc<Context>,
+    transport: Transport,
+    origin: Origin,
+    ip: IpAddr,
+    guard: G,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut conn = Connection::new(ctx.broker.clone(), origin);
     if !ctx.slow_subscriber_timeout.is_zero() {
         conn.enable_flow_control();
     }
-    // Buffers grow only when a client sends or is sent something.
-    let mut input: Vec<u8> = Vec::new();
-    let mut out: Vec<u8> = Vec::new();
-    let mut deadline = Instant::now() + ctx.connect_timeout;
-    let mut throttle = Throttle::new(&ctx);
-    let mut throttled_until: Option<Instant> = None;
-    let mut held: Option<Hold> = None;
-    let mut durable_seen = 0u64;
-    let mut forwarded_seen = 0u64;
+    let mut link = Link {
+        conn,
+        transport,
+        ip,
+        input: Vec::new(),
+        out: Vec::new(),
+        deadline: Instant::now() + ctx.connect_timeout,
+        throttle: Throttle::new(&ctx).map(Box::new),
+        throttled_until: None,
+        held: None,
+        durable_seen: 0,
+        forwarded_seen: 0,
+    };
+    // An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice
+    // (as captured and as moved into its body), and `link` is most of a connection's state.
+    async move {
+        let end = loop {
+            let event = link.next_event(&ctx).await;
+            // Boxed: what acting on an event needs (decoding, waiting for the store or the
+            // cluster, writing) exists only while it runs; inline, every idle connection's task
+            // would keep room for it.
+            let acting = Box::pin(link.act(&ctx, event));
+            if let Err(end) = acting.await {
+                break end;
+            }
+        };
+        Box::pin(link.transport.shutdown()).await;
+        if let Some(will) = link.conn.end(end, now()) {
+            tokio::spawn(publish_will_later(ctx.broker.clone(), will));
+        }
+        drop(guard);
+    }
+}
 
-    let end = loop {
-        let session = conn.session().cloned();
+impl Link {
+    /// Waits for what the connection must act on next. This wait is what an idle
+    /// connection's task holds.
+    async fn next_event(&mut self, ctx: &Context) -> Event {
+        let session = self.conn.session().cloned();
         let wake = async {
             match &session {
                 Some(s) => s.wake.notified().await,
                 None => std::future::pending().await,
             }
         };
-        let reading = throttled_until.is_none() && held.is_none();
+        let reading = self.throttled_until.is_none() && self.held.is_none();
         // One timer for both deadlines (each costs an idle connection 112 bytes): the
         // throttle's end comes first when there is one, and the keep-alive deadline is
         // checked again after it. A held publisher's packets wait for the hold first.
-        let (timer, timer_event) = match throttled_until {
-            Some(t) if t < deadline && held.is_none() => (t, Event::Resume),
-            _ => (deadline, Event::Deadline),
+        let (timer, timer_event) = match self.throttled_until {
+            Some(t) if t < self.deadline && self.held.is_none() => (t, Event::Resume),
+            _ => (self.deadline, Event::Deadline),
         };
         // Boxed: only a held publisher pays for the wait's state.
+        let held = &self.held;
         let release = async {
-            match &held {
-                Some(hold) => Box::pin(hold.released(&broker)).await,
+            match held {
+                Some(hold) => Box::pin(hold.released(&ctx.broker)).await,
                 None => std::future::pending().await,
             }
         };
-        let event = tokio::select! {
-            r = transport.read_into(&mut input), if reading => Event::Read(r),
+        tokio::select! {
+            r = self.transport.read_into(&mut self.input), if reading => Event::Read(r),
             e = release => e,
             _ = wake => Event::Wake,
             _ = sleep_until(timer) => timer_event,
-            _ = shutdown.changed() => Event::Shutdown,
-        };
+            _ = ctx.stop.stopped() => Event::Shutdown,
+        }
+    }
+
+    /// Acts on `event`: handles what was read, sends what is due, closes on a deadline.
+    /// `Err`: the connection ends.
+    async fn act(&mut self, ctx: &Context, event: Event) -> Result<(), End> {
+        let broker = &ctx.broker;
         let event = match event {
             Event::Released | Event::HoldCheck => {
                 let go_on = matches!(event, Event::Released)
-                    || !held
+                    || !self
+                        .held
                         .as_mut()
                         .is_some_and(|h| h.check(ctx.slow_subscriber_timeout));
                 if !go_on {
-                    continue;
+                    return Ok(());
                 }
-                held = None;
+                self.held = None;
                 // The client's packets waited in the socket because of the hold.
-                deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
-                if throttled_until.is_some() || input.is_empty() {
-                    continue;
+                self.restart_keep_alive();
+                if self.throttled_until.is_some() || self.input.is_empty() {
+                    return Ok(());
                 }
                 Event::Resume
             }
-            Event::Deadline if held.is_some() => {
+            Event::Deadline if self.held.is_some() => {
                 // Not the client's silence: its packets wait unread while it is held.
-                deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
-                continue;
+                self.restart_keep_alive();
+                return Ok(());
             }
             event => event,
         };
+        let (conn, out) = (&mut self.conn, &mut self.out);
         let step = match event {
             Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
             Event::Read(Ok(_)) | Event::Resume => {
@@ -291,47 +383,51 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                     Event::Read(Ok(n)) => n,
                     _ => 0,
                 };
-                throttled_until = None;
+                self.throttled_until = None;
                 broker
                     .stats
                     .bytes_received
                     .fetch_add(n as u64, Ordering::Relaxed);
-                let allowance = throttle
-                    .as_mut()
+                let allowance = self
+                    .throttle
+                    .as_deref_mut()
                     .map_or(Allowance::UNLIMITED, Throttle::allowance);
                 // Boxed: handling holds a decoded packet and the CONNECT's credentials across
-                // the authentication's await (1.3 KB); inline, every idle connection's task
-                // would keep room for them.
+                // the authentication's await (1.3 KB), which most events do not need.
                 let (step, handled) = Box::pin(handle_input(
-                    &ctx, ip, &mut conn, &mut input, &mut out, allowance,
+                    ctx,
+                    self.ip,
+                    conn,
+                    &mut self.input,
+                    out,
+                    allowance,
                 ))
                 .await;
                 // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
                 // it off [MQTT-3.1.2-10]. Before CONNECT the connect deadline stands.
-                if conn.session().is_some() {
-                    deadline = Instant::now() + conn.silence_limit().unwrap_or(NO_TIMEOUT);
+                if self.conn.session().is_some() {
+                    self.restart_keep_alive();
                 }
                 // Packets left in the buffer wait for the allowance; the socket is not read
                 // meanwhile, so TCP pushes back on the client.
-                let spent = throttle
-                    .as_mut()
+                let spent = self
+                    .throttle
+                    .as_deref_mut()
                     .and_then(|t| t.spend(handled.publishes, handled.bytes, handled.starved));
                 if let Some(wait) = spent {
-                    throttled_until = Some(Instant::now() + wait);
+                    self.throttled_until = Some(Instant::now() + wait);
                 }
                 // Subscribers' full queues took this client's messages: read nothing more
                 // until they drain, so TCP slows the client instead of the broker dropping
                 // what it acknowledged.
-                let held_by = conn.take_held_by();
+                let held_by = self.conn.take_held_by();
                 if !held_by.is_empty() {
                     broker.stats.publishers_held.fetch_add(1, Ordering::Relaxed);
-                    held = Some(Hold::new(held_by, ctx.slow_subscriber_timeout));
+                    self.held = Some(Box::new(Hold::new(held_by, ctx.slow_subscriber_timeout)));
                 }
                 step
             }
-            Event::Wake => conn
-                .flush(now(), &mut out)
-                .map_err(|c| closed(&mut conn, c, &mut out)),
+            Event::Wake => conn.flush(now(), out).map_err(|c| closed(conn, c, out)),
             Event::Released | Event::HoldCheck => Ok(()),
             Event::Deadline => {
                 // [MQTT-3.1.2-24] silent for 1.5 times the keep alive, or no CONNECT in time.
@@ -339,60 +435,58 @@ pub(crate) async fn serve(ctx: Context, mut transport: Transport, origin: Origin
                     Some(_) => Close::new(ReasonCode::KEEP_ALIVE_TIMEOUT)
                         .because("no packet for 1.5 times the keep alive"),
                     None => {
-                        debug!(%ip, "no CONNECT in time");
+                        debug!(ip = %self.ip, "no CONNECT in time");
                         Close::new(ReasonCode::MAXIMUM_CONNECT_TIME).because("no CONNECT in time")
                     }
                 };
-                Err(closed(&mut conn, close, &mut out))
+                Err(closed(conn, close, out))
             }
             Event::Shutdown => {
-                conn.close(&Close::new(ReasonCode::SERVER_SHUTTING_DOWN), &mut out);
+                conn.close(&Close::new(ReasonCode::SERVER_SHUTTING_DOWN), out);
                 Err(End::Shutdown)
             }
         };
         // What the output acknowledges or delivers must be on disk first (group commit: the
         // wait is shared with every connection that committed meanwhile).
         // `durable_seen` spares the store's lock on turns that add nothing to wait for.
-        let needed = conn.durable_needed();
-        if let Some(store) = broker.store().filter(|_| needed > durable_seen) {
+        let needed = self.conn.durable_needed();
+        if let Some(store) = broker.store().filter(|_| needed > self.durable_seen) {
             if needed > store.durable() && !store.wait_durable(needed).await {
-                break End::Shutdown;
+                return Err(End::Shutdown);
             }
-            durable_seen = needed;
+            self.durable_seen = needed;
         }
         // In cluster mode an acknowledgement also waits until the cluster's stream keeps
         // what it acknowledges, so that the death of this node loses nothing acknowledged.
-        let forwarded = conn.forward_needed();
-        if forwarded > forwarded_seen {
+        let forwarded = self.conn.forward_needed();
+        if forwarded > self.forwarded_seen {
             if let Some(confirmed) = &ctx.confirmed {
-                Box::pin(wait_confirmed(confirmed.clone(), forwarded)).await;
+                wait_confirmed(confirmed.clone(), forwarded).await;
             }
-            forwarded_seen = forwarded;
+            self.forwarded_seen = forwarded;
         }
-        if !out.is_empty() {
+        if !self.out.is_empty() {
             broker
                 .stats
                 .bytes_sent
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if transport.write_all(&out).await.is_err() {
-                break End::Lost;
+                .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            if self.transport.write_all(&self.out).await.is_err() {
+                return Err(End::Lost);
             }
-            out.clear();
-            if out.capacity() > 64 * 1024 {
-                out.shrink_to(4096);
+            self.out.clear();
+            if self.out.capacity() > 64 * 1024 {
+                self.out.shrink_to(4096);
             }
         }
-        if input.is_empty() && input.capacity() > 0 {
+        if self.input.is_empty() && self.input.capacity() > 0 {
             // Nothing pending: give the buffer back so an idle client costs nothing here.
-            input = Vec::new();
+            self.input = Vec::new();
         }
-        if let Err(end) = step {
-            break end;
-        }
-    };
-    transport.shutdown().await;
-    if let Some(will) = conn.end(end, now()) {
-        tokio::spawn(publish_will_later(broker.clone(), will));
+        step
+    }
+
+    fn restart_keep_alive(&mut self) {
+        self.deadline = Instant::now() + self.conn.silence_limit().unwrap_or(NO_TIMEOUT);
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Server {
     certs: Vec<Arc<ReloadableCert>>,
     users: Option<Arc<FileAccess>>,
     shutdown: watch::Sender<bool>,
+    /// The stop as connections see it.
+    stop: Arc<conn::Stop>,
     tasks: JoinSet<()>,
 }
 
@@ -177,6 +179,7 @@ impl Server {
             max_bandwidth: limits.max_bandwidth,
             slow_subscriber_timeout: Duration::from_secs(limits.slow_subscriber_timeout),
             shutdown: shutdown.subscribe(),
+            stop: Arc::default(),
             metrics: Arc::new(metrics::Metrics::default()),
             sessions: None,
             confirmed: None,
@@ -193,6 +196,8 @@ impl Server {
             ctx.confirmed = Some(joined.confirmed);
             joined.status
         });
+        // Shared by every connection's task: one pointer each instead of a copy.
+        let ctx = Arc::new(ctx);
         let mut addrs = Vec::new();
         let mut certs = Vec::new();
         let mut kinds = Vec::new();
@@ -291,6 +296,7 @@ impl Server {
             certs,
             users,
             shutdown,
+            stop: ctx.stop.clone(),
             tasks,
         })
     }
@@ -335,6 +341,7 @@ impl Server {
     /// connection and waits for the tasks to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.stop.stop();
         while self.tasks.join_next().await.is_some() {}
         // Every connection has recorded its end: flush and stop the store.
         if let Some(store) = self.broker.store() {
@@ -347,7 +354,7 @@ impl Server {
 /// fatal (the broker runs without a console); a port the configuration names must bind.
 async fn start_console(
     config: &Config,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     users: Option<Arc<FileAccess>>,
     listeners: Vec<(SocketAddr, ListenerKind)>,
     bridges: Vec<Arc<bridge::BridgeStatus>>,
@@ -519,7 +526,7 @@ fn prepare(
 async fn accept_loop(
     listener: TcpListener,
     listening: Arc<Listening>,
-    ctx: Context,
+    ctx: Arc<Context>,
     counts: Arc<AddressCounts>,
     per_address: usize,
 ) {
@@ -534,7 +541,15 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let (counted, open) = counts.add(peer.ip());
                     let refusal = (per_address > 0 && open > per_address).then_some(ReasonCode::QUOTA_EXCEEDED);
-                    connections.spawn(open_connection(ctx.clone(), listening.clone(), stream, peer, refusal, counted));
+                    if listening.kind == ListenerKind::Tcp {
+                        // No handshake: served at once, without a handshake task and its
+                        // 11 KB of state (allocated and freed per connection, it fragmented
+                        // the heap under a burst of connections).
+                        let origin = origin(&listening, peer, None, refusal);
+                        connections.spawn(conn::serve(ctx.clone(), Transport::Tcp(stream), origin, peer.ip(), counted));
+                    } else {
+                        connections.spawn(open_connection(ctx.clone(), listening.clone(), stream, peer, refusal, counted, connections.clone()));
+                    }
                 }
                 // Out of file descriptors and the like: wait a little rather than spin.
                 Err(e) => {
@@ -551,12 +566,13 @@ async fn accept_loop(
 
 /// Completes the TLS and WebSocket handshakes (within the CONNECT deadline), then serves.
 async fn open_connection(
-    ctx: Context,
+    ctx: Arc<Context>,
     listening: Arc<Listening>,
     stream: TcpStream,
     peer: SocketAddr,
     refusal: Option<ReasonCode>,
-    _counted: Counted,
+    counted: Counted,
+    connections: tokio_util::task::TaskTracker,
 ) {
     // Boxed: the TLS and WebSocket handshakes' state is about 11 KB, and a connection's task
     // would otherwise keep room for it for as long as the connection lives.
@@ -573,14 +589,26 @@ async fn open_connection(
                 return;
             }
         };
-    let origin = Origin {
+    let origin = origin(&listening, peer, certificate_name, refusal);
+    // A task of its own: the handshake's state and this function's arguments are not kept
+    // for the connection's life.
+    connections.spawn(conn::serve(ctx, transport, origin, peer.ip(), counted));
+}
+
+/// Where a connection comes from, from its listener's settings.
+fn origin(
+    listening: &Listening,
+    peer: SocketAddr,
+    certificate_name: Option<String>,
+    refusal: Option<ReasonCode>,
+) -> Origin {
+    Origin {
         peer: peer.to_string(),
         loopback: listening.loopback,
         allow_anonymous: listening.allow_anonymous,
         certificate_name: certificate_name.filter(|_| listening.cn_as_username),
         refusal,
-    };
-    conn::serve(ctx, transport, origin, peer.ip()).await;
+    }
 }
 
 async fn establish(

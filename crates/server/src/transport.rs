@@ -32,20 +32,23 @@ impl Transport {
         match self {
             Transport::Tcp(s) => loop {
                 // Wait for readiness first and read into a stack buffer after, so an idle
-                // connection holds no read buffer at all.
-                s.readable().await?;
+                // connection holds no read buffer at all. Polled rather than awaited through
+                // `readable()`, whose future is 150 bytes of every idle connection's task.
+                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 match read_available(s, input) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     other => return other,
                 }
             },
+            // Boxed: the state of these reads would otherwise enlarge every connection's
+            // task, plain TCP ones included, by the largest of them.
             Transport::Tls(s) => {
                 input.reserve(4096);
-                s.read_buf(input).await
+                Box::pin(s.read_buf(input)).await
             }
-            Transport::Ws(ws) => read_ws(ws, input).await,
-            Transport::Wss(ws) => read_ws(ws, input).await,
-            Transport::Upgraded(ws) => read_ws(ws, input).await,
+            Transport::Ws(ws) => Box::pin(read_ws(ws, input)).await,
+            Transport::Wss(ws) => Box::pin(read_ws(ws, input)).await,
+            Transport::Upgraded(ws) => Box::pin(read_ws(ws, input)).await,
         }
     }
 

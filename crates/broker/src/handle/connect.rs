@@ -1,7 +1,6 @@
 //! CONNECT and DISCONNECT: attaching a connection to a session and letting go of it.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -191,10 +190,9 @@ pub(crate) fn handle_connect(
         keep_alive,
         client_receive_maximum: c.properties.receive_maximum.unwrap_or(u16::MAX),
         client_max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
-        aliases: HashMap::new(),
+        aliases: None,
         client_alias_maximum: c.properties.topic_alias_maximum.unwrap_or(0),
-        aliases_out: HashMap::new(),
-        will,
+        will: will.map(Box::new),
         needs,
         forwarded: 0,
         steps: Vec::new(),

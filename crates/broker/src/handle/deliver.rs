@@ -282,10 +282,17 @@ fn write_publish_raw(
     };
     // Toward an MQTT 5 client that accepts topic aliases, the first topics get one each; later
     // messages on them carry the alias and an empty topic (section 3.3.2.3.4).
-    let (topic, alias, new_alias) = match a.aliases_out.get(&m.topic) {
+    let set = a.aliases.as_ref().map(|x| &x.outgoing);
+    let (topic, alias, new_alias) = match set.and_then(|set| set.get(&m.topic)) {
         Some(&alias) => (TopicName::EMPTY, Some(alias), false),
-        None if a.version.is_v5() && a.aliases_out.len() < usize::from(a.client_alias_maximum) => {
-            (topic, u16::try_from(a.aliases_out.len() + 1).ok(), true)
+        None if a.version.is_v5()
+            && set.map_or(0, |set| set.len()) < usize::from(a.client_alias_maximum) =>
+        {
+            (
+                topic,
+                u16::try_from(set.map_or(0, |set| set.len()) + 1).ok(),
+                true,
+            )
         }
         None => (topic, None, false),
     };
@@ -309,7 +316,10 @@ fn write_publish_raw(
         Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
             send(out, &packet, a.version);
             if let (true, Some(alias)) = (new_alias, alias) {
-                a.aliases_out.insert(m.topic.clone(), alias);
+                a.aliases
+                    .get_or_insert_with(Default::default)
+                    .outgoing
+                    .insert(m.topic.clone(), alias);
             }
             true
         }

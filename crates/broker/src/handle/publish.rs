@@ -167,13 +167,17 @@ fn resolve_topic(broker: &Broker, a: &mut Attached, p: &Publish<'_>) -> Result<A
     }
     if p.topic.is_empty() {
         // [MQTT-3.3.2-8]... an alias never set on this connection is a Protocol Error.
-        return a.aliases.get(&alias).cloned().ok_or_else(|| {
+        let set = a.aliases.as_ref().and_then(|x| x.incoming.get(&alias));
+        return set.cloned().ok_or_else(|| {
             Close::new(ReasonCode::PROTOCOL_ERROR)
                 .because("topic alias never set on this connection")
         });
     }
     let topic: Arc<str> = Arc::from(p.topic.as_str());
-    a.aliases.insert(alias, topic.clone());
+    a.aliases
+        .get_or_insert_with(Default::default)
+        .incoming
+        .insert(alias, topic.clone());
     Ok(topic)
 }
 

@@ -100,7 +100,7 @@ pub(crate) struct Console {
     pub(crate) secure: bool,
     pub(crate) history: Mutex<VecDeque<Sample>>,
     /// For MQTT over WebSocket on `/mqtt`.
-    pub(crate) mqtt: Context,
+    pub(crate) mqtt: Arc<Context>,
     pub(crate) loopback: bool,
     pub(crate) allow_anonymous: Option<bool>,
 }
@@ -208,6 +208,7 @@ async fn serve_mqtt(console: Arc<Console>, upgrade: Upgrade) {
         Transport::Upgraded(Box::new(socket)),
         origin,
         peer.ip(),
+        (),
     )
     .await;
 }
