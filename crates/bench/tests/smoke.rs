@@ -65,6 +65,7 @@ async fn conn_scenario_opens_every_connection() {
     s.clients = 200;
     let r = run(s).await.unwrap();
     assert_eq!(r.connections, 200);
+    assert_eq!(r.alive_after_hold, 200);
     assert!(r.connack_p50_ms <= r.connack_p99_ms);
 }
 

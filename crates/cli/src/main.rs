@@ -341,10 +341,14 @@ fn bench(args: BenchArgs) -> ExitCode {
                     r.latency_max_ms
                 );
             } else if scenario == Scenario::Conn {
-                println!("connections  per second  CONNACK p50  p99");
+                println!("connections  per second  CONNACK p50  p99  alive after hold");
                 println!(
-                    "{:>11}  {:>10.0}  {:>8.2} ms  {:.2} ms",
-                    r.connections, r.connect_rate, r.connack_p50_ms, r.connack_p99_ms
+                    "{:>11}  {:>10.0}  {:>8.2} ms  {:.2} ms  {:>16}",
+                    r.connections,
+                    r.connect_rate,
+                    r.connack_p50_ms,
+                    r.connack_p99_ms,
+                    r.alive_after_hold
                 );
             } else {
                 println!("published  expected  delivered  lost  duplicated  seconds  delivered/s");

@@ -442,7 +442,9 @@ impl Link {
                 Err(closed(conn, close, out))
             }
             Event::Shutdown => {
-                conn.close(&Close::new(ReasonCode::SERVER_SHUTTING_DOWN), out);
+                let close = Close::new(ReasonCode::SERVER_SHUTTING_DOWN)
+                    .because("the broker is shutting down");
+                conn.close(&close, out);
                 Err(End::Shutdown)
             }
         };
