@@ -468,3 +468,29 @@ def test_tern_user_commands(tmp_path):
     assert (data / "users.toml").read_text() != text
     tern("user", "remove", "carol", "--data-dir", str(data))
     assert "carol" not in tern("user", "list", "--data-dir", str(data))
+
+
+def test_password_logins_do_not_leave_memory_behind(secure):
+    # Each password check is argon2id with 19 MiB of working memory. Eight logins at once must
+    # not leave eight such blocks resident (glibc kept them: 185 MiB after eight logins).
+    broker, _ = secure
+
+    def rss_kib():
+        with open(f"/proc/{broker.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    assert connack_code(broker.ports["tcp"], "alice", "alice-pw", client_id="warm") == 0
+    before = rss_kib()
+    codes = []
+    threads = [
+        threading.Thread(target=lambda i=i: codes.append(connack_code(broker.ports["tcp"], "alice", "alice-pw", client_id=f"login-{i}")))
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0] * 8
+    grown = rss_kib() - before
+    print(f"RSS {before} KiB before eight concurrent password logins, {grown} KiB more after")
+    assert grown < 16 * 1024, f"{grown} KiB still resident after eight logins"

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod allocator;
 mod pubsub;
 
 use clap::{Parser, Subcommand};
@@ -206,6 +207,7 @@ struct BrokerArgs {
 }
 
 fn main() -> ExitCode {
+    allocator::return_large_blocks();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {
