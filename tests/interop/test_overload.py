@@ -1,7 +1,8 @@
 """Overload, bounded: 10,000 connections arriving at once, one topic with 10,000 subscribers,
-100,000 wildcard subscriptions, and a retained store read by a `#` subscriber with QoS 1 flow
-control. The broker answers everyone correctly, a well-behaved client keeps being served,
-and memory comes back down afterwards. Sizes can be raised with TERN_OVERLOAD_SCALE (CI: 1).
+100,000 wildcard subscriptions, a retained store read by a `#` subscriber with QoS 1 flow
+control, and paho publishers flooding a slow paho subscriber. The broker answers everyone
+correctly, a well-behaved client keeps being served, nothing acknowledged is dropped, and
+memory comes back down afterwards. Sizes can be raised with TERN_OVERLOAD_SCALE (CI: 1).
 
 Connections here are raw MQTT 3.1.1 over asyncio sockets: small and many."""
 
@@ -264,5 +265,76 @@ def test_retained_store_to_a_hash_subscriber_with_flow_control(tmp_path):
 
     try:
         asyncio.run(scenario())
+    finally:
+        b.stop()
+
+
+FLOOD_CONFIG = """
+[[listener]]
+bind = "127.0.0.1:0"
+
+[limits]
+max_queued_messages = 50
+
+[persistence]
+mode = "off"
+"""
+
+
+def test_a_flood_into_a_slow_subscriber_loses_nothing_acknowledged(tmp_path):
+    # Section 4.3.2: a PUBACK hands the message to the broker. Four paho publishers flood a
+    # paho subscriber that takes about 1 ms per message through a queue of 50: the broker
+    # slows the publishers (flow control) instead of dropping what it acknowledged, and the
+    # subscriber gets every message, each publisher's in order [MQTT-4.6.0-3].
+    import threading
+    import urllib.request
+
+    import paho.mqtt.client as mqtt
+
+    config = tmp_path / "tern.toml"
+    config.write_text(FLOOD_CONFIG)
+    b = Broker(tmp_path, config=config).start()
+    per_publisher, publishers = 1000, 4
+    got = {}
+    done = threading.Event()
+    try:
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="slow")
+
+        def on_message(_c, _u, m):
+            time.sleep(0.001)
+            got.setdefault(m.topic, []).append(int(m.payload))
+            if sum(len(v) for v in got.values()) == per_publisher * publishers:
+                done.set()
+
+        sub.on_message = on_message
+        sub.connect("127.0.0.1", b.port)
+        sub.subscribe("flood/#", qos=1)
+        sub.loop_start()
+        time.sleep(0.5)
+        pubs = []
+        for i in range(publishers):
+            p = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flooder-{i}")
+            p.max_inflight_messages_set(20)
+            p.connect("127.0.0.1", b.port)
+            p.loop_start()
+            pubs.append(p)
+        infos = [p.publish(f"flood/{i}", str(n), qos=1) for n in range(per_publisher) for i, p in enumerate(pubs)]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+        assert all(info.is_published() for info in infos), "a publication was not acknowledged"
+        assert done.wait(60), f"received {sum(len(v) for v in got.values())} of {per_publisher * publishers}"
+        for i in range(publishers):
+            assert got[f"flood/{i}"] == list(range(per_publisher)), f"publisher {i}: lost, repeated or out of order"
+        metrics = urllib.request.urlopen(b.console_url + "/metrics", timeout=10).read().decode()
+        held = next(int(line.split()[-1]) for line in metrics.splitlines() if line.startswith("tern_publishers_held_total"))
+        dropped = next(int(line.split()[-1]) for line in metrics.splitlines() if line.startswith('tern_messages_dropped_total{cause="queue_full"}'))
+        print(f"publishers held {held} times, {dropped} dropped")
+        assert dropped == 0
+        assert held > 0, "the subscriber's queue never filled: the flood did not test flow control"
+        for p in pubs:
+            p.loop_stop()
+            p.disconnect()
+        sub.loop_stop()
+        sub.disconnect()
     finally:
         b.stop()
