@@ -472,19 +472,13 @@ impl Broker {
             self.retain(&message, journal.as_mut());
         }
         for (session, out) in per_session {
-            // A publisher is not held back by its own queue: it would stop reading the
-            // acknowledgements that drain it.
-            let own = session.client_id == message.publisher;
             let limit = self.limits.queue_limit();
-            match session.enqueue(out, limit, journal.as_mut(), held.is_some() && !own) {
+            let holdable = held.is_some().then_some(&*message.publisher);
+            match session.enqueue(out, limit, journal.as_mut(), holdable) {
                 Enqueued::Queued => {}
-                Enqueued::OverLimit => {
-                    if let Some(held) = held.as_deref_mut() {
-                        if !held.iter().any(|s| Arc::ptr_eq(s, &session)) {
-                            held.push(session);
-                        }
-                    }
-                }
+                // Sessions are distinct here, and the transport handles no further
+                // publication once one was held: no session is named twice.
+                Enqueued::OverLimit => held.iter_mut().for_each(|h| h.push(session.clone())),
                 Enqueued::Dropped => self.stats.drop_messages(DropCause::QueueFull, 1),
             }
         }
@@ -542,7 +536,7 @@ impl Broker {
                 // The new entry is written before the old one is finished, so the message
                 // is needed by one of them throughout.
                 let limit = self.limits.queue_limit();
-                let queued = other.session.enqueue(out, limit, journal.as_mut(), false);
+                let queued = other.session.enqueue(out, limit, journal.as_mut(), None);
                 if queued == Enqueued::Dropped {
                     self.stats.drop_messages(DropCause::QueueFull, 1);
                 }

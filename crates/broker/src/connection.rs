@@ -404,9 +404,8 @@ impl Connection {
                 None
             } else {
                 state.owner = None;
-                if std::mem::take(&mut state.pushback.over) {
+                if state.pushback.release() {
                     // Publishers waiting for this queue go on: it is not drained while away.
-                    state.pushback.given_up = false;
                     self.broker.drained.notify_waiters();
                 }
                 state.disconnected_at = Some(now);

@@ -219,6 +219,21 @@ pub struct Pushback {
     pub taken: u64,
 }
 
+impl Pushback {
+    /// Whether publishers wait for this queue now.
+    fn holds(&self) -> bool {
+        self.over && !self.given_up
+    }
+
+    /// Lets the publishers held back go; returns whether any were (to tell them).
+    pub(crate) fn release(&mut self) -> bool {
+        let held = self.over;
+        self.over = false;
+        self.given_up = false;
+        held
+    }
+}
+
 /// What [`Session::enqueue`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueued {
@@ -353,17 +368,18 @@ impl Session {
     }
 
     /// Queues `out` for the client, within `limit`. When the queue is full a QoS 1/2 message
-    /// from a publisher that can be `held` back is queued anyway (up to twice the limit) while
-    /// the session is connected and not given up on ([`Pushback`]); any other message is
-    /// dropped, counted and logged: a disconnected or stuck consumer never holds up the
-    /// publisher. A QoS 1/2 message for a persistent session is written to `journal`, under
+    /// from a publisher that can be held back (`holdable`: its client identifier) is queued
+    /// anyway (up to twice the limit) while the session is connected and not given up on
+    /// ([`Pushback`]); any other message is dropped, counted and logged: a disconnected or
+    /// stuck consumer never holds up the publisher, nor does a publisher's own queue (it
+    /// would stop reading the acknowledgements that drain it). A QoS 1/2 message for a persistent session is written to `journal`, under
     /// this session's lock so that its record precedes any record of its delivery.
     pub(crate) fn enqueue(
         &self,
         mut out: Outgoing,
         limit: QueueLimit,
         journal: Option<&mut Journal<'_>>,
-        held: bool,
+        holdable: Option<&str>,
     ) -> Enqueued {
         let mut state = self.lock();
         let (len, bytes) = (state.queue.len(), state.queue.bytes() + out.size());
@@ -371,7 +387,7 @@ impl Session {
         if len >= limit.messages || bytes > limit.bytes {
             let within_hold =
                 len < limit.messages.saturating_mul(2) && bytes <= limit.bytes.saturating_mul(2);
-            if held
+            if holdable.is_some_and(|publisher| publisher != &*self.client_id)
                 && within_hold
                 && out.qos != QoS::AtMostOnce
                 && state.owner.is_some()
@@ -416,7 +432,7 @@ impl Session {
     /// from its queue so far (waiting publishers watch it move). `None` once they may go on.
     pub fn holding_back(&self) -> Option<u64> {
         let state = self.lock();
-        let holds = state.pushback.over && !state.pushback.given_up && state.owner.is_some();
+        let holds = state.pushback.holds() && state.owner.is_some();
         holds.then_some(state.pushback.taken)
     }
 
@@ -424,7 +440,7 @@ impl Session {
     /// while they waited: until it drains, messages beyond its limit are dropped.
     pub fn give_up_holding(&self) {
         let mut state = self.lock();
-        if state.pushback.over && !state.pushback.given_up {
+        if state.pushback.holds() {
             state.pushback.given_up = true;
             let queued = state.queue.len();
             drop(state);

@@ -124,9 +124,7 @@ fn take_pushback(state: &mut SessionState, taken: u64, broker: &Broker) -> bool 
     if state.queue.len() > low(limit.messages) || state.queue.bytes() > low(limit.bytes) {
         return false;
     }
-    state.pushback.over = false;
-    state.pushback.given_up = false;
-    true
+    state.pushback.release()
 }
 
 /// Reads back from the store the offloaded messages among the next `window` QoS 1/2 entries,
@@ -283,16 +281,11 @@ fn write_publish_raw(
     // Toward an MQTT 5 client that accepts topic aliases, the first topics get one each; later
     // messages on them carry the alias and an empty topic (section 3.3.2.3.4).
     let set = a.aliases.as_ref().map(|x| &x.outgoing);
+    let used = set.map_or(0, |set| set.len());
     let (topic, alias, new_alias) = match set.and_then(|set| set.get(&m.topic)) {
         Some(&alias) => (TopicName::EMPTY, Some(alias), false),
-        None if a.version.is_v5()
-            && set.map_or(0, |set| set.len()) < usize::from(a.client_alias_maximum) =>
-        {
-            (
-                topic,
-                u16::try_from(set.map_or(0, |set| set.len()) + 1).ok(),
-                true,
-            )
+        None if a.version.is_v5() && used < usize::from(a.client_alias_maximum) => {
+            (topic, u16::try_from(used + 1).ok(), true)
         }
         None => (topic, None, false),
     };

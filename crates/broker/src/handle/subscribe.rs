@@ -58,7 +58,7 @@ pub(crate) fn handle_subscribe(
             journal = broker.journal().filter(|_| persistent);
         }
         a.session
-            .enqueue(out, QueueLimit::NONE, journal.as_mut(), false);
+            .enqueue(out, QueueLimit::NONE, journal.as_mut(), None);
     }
     a.needs = a.needs.max(persist::commit(journal));
     Ok(())
