@@ -376,7 +376,10 @@ impl Broker {
     pub fn route_shared(&self, message: Arc<Message>, shared_filter: &str) -> usize {
         let member = self.tree().group_member(shared_filter);
         let mut journal = None;
-        let member = member.into_iter().collect();
+        let member = crate::tree::Matches {
+            subscribers: member.into_iter().collect(),
+            distinct: true,
+        };
         let reached = self.deliver(message, member, false, &mut journal, None);
         persist::commit(journal);
         reached
@@ -387,15 +390,20 @@ impl Broker {
     pub(crate) fn deliver<'s>(
         &'s self,
         message: Arc<Message>,
-        matches: Vec<crate::tree::Subscriber>,
+        matches: crate::tree::Matches,
         retain: bool,
         journal: &mut Option<Journal<'s>>,
         mut held: Option<&mut Vec<Arc<Session>>>,
     ) -> usize {
-        // Merge overlapping subscriptions per session (section 3.3.4). Finding a session's
-        // entry is a scan while there are few, and an index by session beyond that: a scan
-        // per subscriber made a fan-out to n sessions cost n² comparisons.
+        // Merge overlapping subscriptions per session (section 3.3.4), unless every session
+        // is named once. Finding a session's entry is a scan while there are few, and an
+        // index by session beyond that: a scan per subscriber made a fan-out to n sessions
+        // cost n² comparisons.
         const SCAN: usize = 16;
+        let crate::tree::Matches {
+            subscribers: matches,
+            distinct,
+        } = matches;
         let total = matches.len();
         let mut per_session: Vec<(Arc<Session>, Outgoing)> = Vec::with_capacity(total);
         let mut index: HashMap<*const Session, usize, foldhash::fast::RandomState> =
@@ -415,7 +423,9 @@ impl Broker {
             // [MQTT-3.3.1-12] without Retain As Published, forwarded messages have RETAIN 0.
             let retain = sub.options.retain_as_published && message.retain;
             let key = Arc::as_ptr(&sub.session);
-            let found = if per_session.len() < SCAN {
+            let found = if distinct {
+                None
+            } else if per_session.len() < SCAN {
                 per_session
                     .iter()
                     .position(|(s, _)| Arc::ptr_eq(s, &sub.session))
@@ -442,13 +452,13 @@ impl Broker {
                         index.insert(key, per_session.len());
                     }
                     per_session.push((
-                        sub.session.clone(),
+                        sub.session,
                         Outgoing {
                             message: message.clone(),
                             qos,
                             retain,
                             subscription_ids: sub.id.into_iter().collect(),
-                            via_share: sub.share.clone(),
+                            via_share: sub.share,
                             seq: 0,
                             offloaded: false,
                             ordinal: 0,

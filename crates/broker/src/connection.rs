@@ -88,8 +88,8 @@ pub(crate) struct Attached {
     pub(crate) client_receive_maximum: u16,
     /// The client's Maximum Packet Size.
     pub(crate) client_max_packet: u32,
-    /// Topic aliases both ways, once one is set (boxed: most clients never use them, and
-    /// every idle connection would carry the empty maps).
+    /// Topic aliases both ways and the last topic published, once needed (boxed: most
+    /// clients never use aliases, and every idle connection would carry the empty maps).
     pub(crate) aliases: Option<Box<Aliases>>,
     /// The client's Topic Alias Maximum: aliases the broker may set toward it.
     pub(crate) client_alias_maximum: u16,
@@ -110,13 +110,16 @@ pub(crate) struct Attached {
     pub(crate) held_by: Option<Vec<Arc<Session>>>,
 }
 
-/// The MQTT 5 topic aliases of one connection.
+/// The MQTT 5 topic aliases of one connection, and the topic it last published to.
 #[derive(Debug, Default)]
 pub(crate) struct Aliases {
     /// Set by the client toward the broker.
     pub(crate) incoming: HashMap<u16, Arc<str>>,
     /// Set by the broker toward the client.
     pub(crate) outgoing: HashMap<Arc<str>, u16>,
+    /// The topic of the client's last PUBLISH: a client most often publishes to the same
+    /// topic again, which then shares this one instead of being allocated per message.
+    pub(crate) last_published: Option<Arc<str>>,
 }
 
 /// Where a connection comes from, as its transport knows it.

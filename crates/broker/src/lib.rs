@@ -33,4 +33,4 @@ pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;
 pub use migrate::{MoveError, SessionSummary};
 pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
-pub use tree::{Subscriber, SubscriptionTree};
+pub use tree::{Matches, Subscriber, SubscriptionTree};

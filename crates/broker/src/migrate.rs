@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use crate::message::Message;
 use crate::persist;
 use crate::session::{Inflight, Outgoing, Session};
-use crate::tree::Subscriber;
+use crate::tree::{Matches, Subscriber};
 
 const FORMAT: u8 = 2;
 
@@ -195,6 +195,7 @@ impl Broker {
         let matches: Vec<Subscriber> = self
             .tree()
             .matches_with(&message.topic, false)
+            .subscribers
             .into_iter()
             .filter(|s| &*s.session.client_id == client_id)
             .collect();
@@ -202,6 +203,11 @@ impl Broker {
             return 0;
         }
         let mut journal = None;
+        // Several subscriptions of the one session may match: merged.
+        let matches = Matches {
+            subscribers: matches,
+            distinct: false,
+        };
         self.deliver(message, matches, false, &mut journal, None);
         persist::commit(journal)
     }

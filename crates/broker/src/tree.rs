@@ -33,6 +33,16 @@ pub struct Subscriber {
     pub username: Option<Arc<str>>,
 }
 
+/// The subscribers a topic reaches.
+pub struct Matches {
+    /// One entry per matching subscription (one member per matching shared group).
+    pub subscribers: Vec<Subscriber>,
+    /// Whether no session can be named twice: every subscriber came from one filter's
+    /// subscribers (one entry per client), so delivery need not merge overlapping
+    /// subscriptions. True for most publications, and for every 1-to-n fan-out.
+    pub distinct: bool,
+}
+
 #[derive(Default)]
 struct Group {
     members: Vec<Subscriber>,
@@ -42,6 +52,10 @@ struct Group {
 #[derive(Default)]
 struct Node {
     children: Map<Box<str>, Node>,
+    /// Whether `children` has a `+` and a `#` child: most nodes have neither, and the walk
+    /// then spares hashing both at every level of every PUBLISH.
+    plus: bool,
+    hash: bool,
     subscribers: Map<Arc<str>, Subscriber>,
     groups: Map<Box<str>, Group>,
 }
@@ -72,6 +86,8 @@ impl SubscriptionTree {
         };
         let mut node = &mut self.root;
         for level in inner.as_str().split('/') {
+            node.plus |= level == "+";
+            node.hash |= level == "#";
             node = node.children.entry(level.into()).or_default();
         }
         let client = sub.session.client_id.clone();
@@ -167,17 +183,19 @@ impl SubscriptionTree {
     /// The subscribers `topic` reaches: every plain match, and one member of each matching
     /// shared group (in turn, preferring connected members).
     pub fn matches(&self, topic: &str) -> Vec<Subscriber> {
-        self.matches_with(topic, true)
+        self.matches_with(topic, true).subscribers
     }
 
     /// [`SubscriptionTree::matches`], with or without the shared groups' members.
-    pub fn matches_with(&self, topic: &str, groups: bool) -> Vec<Subscriber> {
-        let levels: Vec<&str> = topic.split('/').collect();
-        let mut out = Vec::new();
+    pub fn matches_with(&self, topic: &str, groups: bool) -> Matches {
+        let mut found = Found::default();
         // [MQTT-4.7.2-1] wildcards in the first level do not match `$` topics.
         let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, 0, dollar, groups, &mut out);
-        out
+        walk(&self.root, Some(topic), 0, dollar, groups, &mut found);
+        Matches {
+            subscribers: found.subscribers,
+            distinct: found.sources <= 1,
+        }
     }
 
     /// The next member of the shared subscription `filter` (`$share/<group>/<filter>`) in
@@ -217,20 +235,34 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, client: &str
             let removed = remove_at(child, rest, group, client);
             if child.is_empty() {
                 node.children.remove(*first);
+                node.plus &= *first != "+";
+                node.hash &= *first != "#";
             }
             removed
         }
     }
 }
 
-fn collect(node: &Node, groups: bool, out: &mut Vec<Subscriber>) {
-    out.extend(node.subscribers.values().cloned());
+/// What a walk found so far.
+#[derive(Default)]
+struct Found {
+    subscribers: Vec<Subscriber>,
+    /// How many filters (and shared groups) gave subscribers.
+    sources: usize,
+}
+
+fn collect(node: &Node, groups: bool, found: &mut Found) {
+    if !node.subscribers.is_empty() {
+        found.sources += 1;
+        found.subscribers.extend(node.subscribers.values().cloned());
+    }
     if !groups {
         return;
     }
     for group in node.groups.values() {
         if let Some(member) = pick(group) {
-            out.push(member);
+            found.sources += 1;
+            found.subscribers.push(member);
         }
     }
 }
@@ -250,27 +282,132 @@ fn pick(group: &Group) -> Option<Subscriber> {
         .cloned()
 }
 
+/// Collects the subscribers under `node` that match `levels`, the rest of the topic from
+/// this node down (`None` once every level is matched), split as the walk goes rather than
+/// into a list per PUBLISH.
 fn walk(
     node: &Node,
-    levels: &[&str],
+    levels: Option<&str>,
     depth: usize,
     dollar: bool,
     groups: bool,
-    out: &mut Vec<Subscriber>,
+    out: &mut Found,
 ) {
     let wild_ok = !(depth == 0 && dollar);
-    if let (true, Some(hash)) = (wild_ok, node.children.get("#")) {
-        // `#` matches the parent level and everything under it [4.7.1.2].
-        collect(hash, groups, out);
+    if wild_ok && node.hash {
+        if let Some(hash) = node.children.get("#") {
+            // `#` matches the parent level and everything under it [4.7.1.2].
+            collect(hash, groups, out);
+        }
     }
-    let Some((level, rest)) = levels.split_first() else {
+    let Some(levels) = levels else {
         collect(node, groups, out);
         return;
     };
-    if let Some(child) = node.children.get(*level) {
+    if node.children.is_empty() {
+        return;
+    }
+    let (level, rest) = match levels.split_once('/') {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (levels, None),
+    };
+    if let Some(child) = node.children.get(level) {
         walk(child, rest, depth + 1, dollar, groups, out);
     }
-    if let (true, Some(plus)) = (wild_ok, node.children.get("+")) {
-        walk(plus, rest, depth + 1, dollar, groups, out);
+    if wild_ok && node.plus {
+        if let Some(plus) = node.children.get("+") {
+            walk(plus, rest, depth + 1, dollar, groups, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tern_proto::{ProtocolVersion, QoS, TopicName};
+
+    fn subscriber(client: &str) -> Subscriber {
+        Subscriber {
+            session: Arc::new(Session::new(Arc::from(client), ProtocolVersion::V5)),
+            options: SubscriptionOptions::new(QoS::AtMostOnce),
+            id: None,
+            share: None,
+            username: None,
+        }
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "b", "", "$s"]).prop_map(String::from)
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(vec!["a", "b", "", "+", "$s"]).prop_map(String::from);
+        (prop::collection::vec(level, 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
+            if hash {
+                levels.push("#".into());
+            }
+            levels.join("/")
+        })
+    }
+
+    proptest! {
+        /// The walk agrees with the filter-by-filter definition of matching (section 4.7,
+        /// [MQTT-4.7.2-1] for `$` topics), also after subscriptions are removed, which
+        /// exercises the `+`/`#` child flags.
+        #[test]
+        fn the_walk_finds_exactly_the_matching_filters(
+            filters in prop::collection::vec(filter(), 1..12),
+            removed in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            topics in prop::collection::vec(prop::collection::vec(level(), 1..5), 1..8),
+        ) {
+            let mut tree = SubscriptionTree::default();
+            let mut live: Vec<(String, String)> = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                let Ok(filter) = TopicFilter::new(f) else {
+                    continue;
+                };
+                let client = format!("c{i}");
+                tree.insert(filter, subscriber(&client));
+                live.push((f.clone(), client));
+            }
+            for r in removed {
+                if live.is_empty() {
+                    break;
+                }
+                let (f, client) = live.remove(r.index(live.len()));
+                prop_assert!(tree.remove(&f, &client));
+            }
+            for topic in topics {
+                let topic = topic.join("/");
+                let Ok(name) = TopicName::new(&topic) else {
+                    continue;
+                };
+                let mut expected: Vec<String> = live
+                    .iter()
+                    .filter(|(f, _)| TopicFilter::new(f).unwrap().matches(name))
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                let matches = tree.matches_with(&topic, true);
+                let mut found: Vec<String> = matches
+                    .subscribers
+                    .iter()
+                    .map(|s| s.session.client_id.to_string())
+                    .collect();
+                expected.sort();
+                found.sort();
+                prop_assert_eq!(&found, &expected, "topic {:?}", topic);
+                // Clients here subscribe once each, so a match set from several filters has
+                // distinct sessions too; what must hold is that `distinct` is never claimed
+                // for several filters' subscribers.
+                let filters_matched = live
+                    .iter()
+                    .filter(|(f, _)| TopicFilter::new(f).unwrap().matches(name))
+                    .map(|(f, _)| f.as_str())
+                    .collect::<std::collections::HashSet<_>>()
+                    .len();
+                prop_assert_eq!(matches.distinct, filters_matched <= 1);
+            }
+        }
     }
 }

@@ -425,9 +425,66 @@ impl<'a> Properties<'a> {
         Ok(p)
     }
 
-    /// Whether no property is set.
+    /// Whether no property is set. Field by field rather than against `Default` (asked of
+    /// every PUBLISH; the comparison built and walked both lists); destructured, so a new
+    /// property cannot be forgotten here.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        let Properties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        payload_format_indicator.is_none()
+            && message_expiry_interval.is_none()
+            && content_type.is_none()
+            && response_topic.is_none()
+            && correlation_data.is_none()
+            && subscription_identifiers.is_empty()
+            && session_expiry_interval.is_none()
+            && assigned_client_identifier.is_none()
+            && server_keep_alive.is_none()
+            && authentication_method.is_none()
+            && authentication_data.is_none()
+            && request_problem_information.is_none()
+            && will_delay_interval.is_none()
+            && request_response_information.is_none()
+            && response_information.is_none()
+            && server_reference.is_none()
+            && reason_string.is_none()
+            && receive_maximum.is_none()
+            && topic_alias_maximum.is_none()
+            && topic_alias.is_none()
+            && maximum_qos.is_none()
+            && retain_available.is_none()
+            && user_properties.is_empty()
+            && maximum_packet_size.is_none()
+            && wildcard_subscription_available.is_none()
+            && subscription_identifier_available.is_none()
+            && shared_subscription_available.is_none()
     }
 
     /// Writes the Property Length and the properties.
@@ -565,6 +622,47 @@ mod tests {
 
     fn decode(block: &[u8], ctx: PropertyContext) -> Result<Properties<'_>, DecodeError> {
         Properties::decode_block(block, ctx)
+    }
+
+    #[test]
+    fn is_empty_sees_every_property() {
+        assert!(Properties::default().is_empty());
+        static USER: [(&str, &str); 1] = [("k", "v")];
+        let setters: [fn(&mut Properties<'static>); 27] = [
+            |p| p.payload_format_indicator = Some(true),
+            |p| p.message_expiry_interval = Some(1),
+            |p| p.content_type = Some("c"),
+            |p| p.response_topic = Some(TopicName::new("t").unwrap()),
+            |p| p.correlation_data = Some(b"d"),
+            |p| p.subscription_identifiers = SubscriptionIds::List(&[1]),
+            |p| p.session_expiry_interval = Some(1),
+            |p| p.assigned_client_identifier = Some("a"),
+            |p| p.server_keep_alive = Some(1),
+            |p| p.authentication_method = Some("m"),
+            |p| p.authentication_data = Some(b"d"),
+            |p| p.request_problem_information = Some(false),
+            |p| p.will_delay_interval = Some(0),
+            |p| p.request_response_information = Some(false),
+            |p| p.response_information = Some("r"),
+            |p| p.server_reference = Some("s"),
+            |p| p.reason_string = Some("r"),
+            |p| p.receive_maximum = Some(1),
+            |p| p.topic_alias_maximum = Some(0),
+            |p| p.topic_alias = Some(1),
+            |p| p.maximum_qos = Some(QoS::AtMostOnce),
+            |p| p.retain_available = Some(false),
+            |p| p.user_properties = UserProperties::List(&USER),
+            |p| p.maximum_packet_size = Some(1),
+            |p| p.wildcard_subscription_available = Some(false),
+            |p| p.subscription_identifier_available = Some(false),
+            |p| p.shared_subscription_available = Some(false),
+        ];
+        for (i, set) in setters.iter().enumerate() {
+            let mut p = Properties::default();
+            set(&mut p);
+            assert!(!p.is_empty(), "property {i}");
+            assert_ne!(p, Properties::default(), "property {i}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::access::FileAccess;
 use crate::cluster::SessionMover;
 use crate::metrics::Metrics;
 use crate::now;
+use crate::spare::Spare;
 use crate::transport::Transport;
 
 /// A deadline far enough away to never come (keep alive 0).
@@ -375,6 +376,7 @@ impl Link {
             }
             event => event,
         };
+        Spare::Output.lend_to(&mut self.out);
         let (conn, out) = (&mut self.conn, &mut self.out);
         let step = match event {
             Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
@@ -476,14 +478,11 @@ impl Link {
                 return Err(End::Lost);
             }
             self.out.clear();
-            if self.out.capacity() > 64 * 1024 {
-                self.out.shrink_to(4096);
-            }
         }
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            // Nothing pending: give the buffer back so an idle client costs nothing here.
-            self.input = Vec::new();
-        }
+        // Nothing pending: the buffers go back to the thread's spares, so an idle client costs
+        // nothing here and the next turn on this thread allocates nothing.
+        Spare::Output.take_back(&mut self.out);
+        Spare::Input.take_back(&mut self.input);
         step
     }
 
@@ -508,6 +507,51 @@ fn closed(conn: &mut Connection, close: Close, out: &mut Vec<u8>) -> End {
     End::Closed(close.reason)
 }
 
+/// What [`handle_next`] did with the next packet in the input.
+enum Next {
+    /// Handled a packet of `used` bytes.
+    Handled {
+        used: usize,
+        publish: bool,
+        disconnect: Option<ReasonCode>,
+        outcome: Result<(), Close>,
+    },
+    /// The next packet is a CONNECT to authenticate before it is handled.
+    Connect,
+    /// The next packet has not fully arrived.
+    Incomplete,
+    Malformed(tern_proto::DecodeError),
+}
+
+/// Decodes the packet at the start of `input` and hands it to the broker, unless it is a
+/// CONNECT still to be authenticated. Not `async`: a decoded packet (several hundred bytes)
+/// then lives on the stack for a moment instead of in the connection's turn future.
+fn handle_next(
+    conn: &mut Connection,
+    input: &[u8],
+    authenticated: bool,
+    now: std::time::Instant,
+    out: &mut Vec<u8>,
+) -> Next {
+    let (packet, used) = match decode(input, conn.version(), conn.max_packet_size()) {
+        Ok(Some(decoded)) => decoded,
+        Ok(None) => return Next::Incomplete,
+        Err(err) => return Next::Malformed(err),
+    };
+    let (publish, disconnect) = match &packet {
+        Packet::Connect(_) if !authenticated && conn.session().is_none() => return Next::Connect,
+        Packet::Publish(_) => (true, None),
+        Packet::Disconnect(d) => (false, Some(d.reason)),
+        _ => (false, None),
+    };
+    Next::Handled {
+        used,
+        publish,
+        disconnect,
+        outcome: conn.handle(packet, now, out),
+    }
+}
+
 /// Decodes and handles every whole packet in `input`, then sends what the session may.
 /// Returns the outcome and what was consumed (for the throttle).
 async fn handle_input(
@@ -521,53 +565,66 @@ async fn handle_input(
     let mut used_total = 0;
     let mut publishes = 0;
     let mut starved = false;
+    // One clock reading per packet: the end of one packet's handling is the time the next
+    // is handled at (and the handling-time histogram's measure).
+    let mut clock = now();
+    let mut authenticated = false;
     let result = loop {
         if publishes >= allowance.publishes || used_total >= allowance.bytes {
             starved = used_total < input.len();
             break Ok(());
         }
-        match decode(&input[used_total..], conn.version(), conn.max_packet_size()) {
-            Ok(Some((packet, used))) => {
+        match handle_next(conn, &input[used_total..], authenticated, clock, out) {
+            Next::Handled {
+                used,
+                publish,
+                disconnect,
+                outcome,
+            } => {
                 used_total += used;
-                let mut is_publish = false;
-                let disconnect = match packet {
-                    Packet::Disconnect(d) => Some(d.reason),
-                    Packet::Publish(_) => {
-                        publishes += 1;
-                        is_publish = true;
-                        None
-                    }
-                    Packet::Connect(c) if conn.session().is_none() => {
-                        let credentials = conn.credentials(&c);
-                        // Boxed: it runs once per connection, and its state (a login delay,
-                        // a blocking task) would otherwise enlarge every idle connection.
-                        Box::pin(authenticate(ctx, ip, conn, credentials)).await;
-                        // Only an authenticated client may have its session brought here.
-                        if let (Some(mover), true) = (&ctx.sessions, conn.is_authenticated()) {
-                            Box::pin(mover.claim(c.client_id, c.clean_start)).await;
-                        }
-                        None
-                    }
-                    _ => None,
-                };
-                let started = std::time::Instant::now();
-                let handled = conn.handle(packet, now(), out);
-                if is_publish {
-                    ctx.metrics.publish_handling.observe(started.elapsed());
+                let handled_at = now();
+                if publish {
+                    publishes += 1;
+                    ctx.metrics
+                        .publish_handling
+                        .observe(handled_at.saturating_duration_since(clock));
                 }
-                if let Err(close) = handled {
+                clock = handled_at;
+                if let Err(close) = outcome {
                     break Err(closed(conn, close, out));
                 }
                 if let Some(reason) = disconnect {
                     break Err(End::Disconnected(reason));
                 }
-                if is_publish && conn.is_held() {
+                if publish && conn.is_held() {
                     // The rest waits until the subscribers' queues drain (see `Hold`).
                     break Ok(());
                 }
             }
-            Ok(None) => break Ok(()),
-            Err(err) => {
+            Next::Connect => {
+                // Decoded again for what authentication needs, so that no packet is kept
+                // across the waits below.
+                let (credentials, client_id, clean_start) = {
+                    let rest = &input[used_total..];
+                    let Ok(Some((Packet::Connect(c), _))) =
+                        decode(rest, conn.version(), conn.max_packet_size())
+                    else {
+                        unreachable!("handle_next found a CONNECT here");
+                    };
+                    (conn.credentials(&c), c.client_id, c.clean_start)
+                };
+                // Boxed: it runs once per connection, and its state (a login delay, a
+                // blocking task) would otherwise enlarge every idle connection.
+                Box::pin(authenticate(ctx, ip, conn, credentials)).await;
+                // Only an authenticated client may have its session brought here.
+                if let (Some(mover), true) = (&ctx.sessions, conn.is_authenticated()) {
+                    Box::pin(mover.claim(client_id, clean_start)).await;
+                }
+                clock = now();
+                authenticated = true;
+            }
+            Next::Incomplete => break Ok(()),
+            Next::Malformed(err) => {
                 debug!(error = %err, "malformed packet");
                 let close = conn.reject(err, out);
                 break Err(End::Closed(close.reason));
@@ -575,7 +632,7 @@ async fn handle_input(
         }
     };
     input.drain(..used_total);
-    let result = result.and_then(|()| conn.flush(now(), out).map_err(|c| closed(conn, c, out)));
+    let result = result.and_then(|()| conn.flush(clock, out).map_err(|c| closed(conn, c, out)));
     (
         result,
         Handled {

@@ -19,6 +19,7 @@ pub mod console;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod metrics;
+mod spare;
 mod sys;
 pub mod tls;
 pub mod topics;
@@ -734,5 +735,57 @@ async fn watch_files(
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection's task is the bulk of what an idle connection costs (its cell is
+    /// allocated in steps of 128 bytes, tokio's alignment); a change that enlarges it should
+    /// be a deliberate one.
+    #[test]
+    fn an_idle_tcp_connections_task_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (shutdown, _) = watch::channel(false);
+            let ctx = Arc::new(Context {
+                broker: Broker::new(tern_broker::Limits::default(), now()),
+                users: None,
+                connect_timeout: Duration::from_secs(10),
+                max_message_rate: 0,
+                max_bandwidth: 0,
+                slow_subscriber_timeout: Duration::from_secs(10),
+                shutdown: shutdown.subscribe(),
+                stop: Arc::default(),
+                metrics: Arc::default(),
+                sessions: None,
+                confirmed: None,
+            });
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (stream, peer) = listener.accept().unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+            let counted = Counted {
+                counts: Arc::default(),
+                ip: peer.ip(),
+            };
+            let task = conn::serve(
+                ctx,
+                Transport::Tcp(stream),
+                Origin::default(),
+                peer.ip(),
+                counted,
+            );
+            let size = std::mem::size_of_val(&task);
+            eprintln!("idle TCP connection task: {size} bytes");
+            assert!(size <= 936, "{size} bytes");
+            drop(client);
+        });
     }
 }

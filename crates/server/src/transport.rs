@@ -2,9 +2,12 @@
 //! read/write interface for the connection task.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Poll};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -12,6 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+
+use crate::spare::Spare;
 
 /// A client's stream.
 pub(crate) enum Transport {
@@ -26,20 +31,16 @@ pub(crate) enum Transport {
 /// Largest read in one turn, so one busy client cannot starve its task's other duties.
 const READ_TURN: usize = 64 * 1024;
 
+/// The first read of a turn, into a buffer on the stack.
+const FIRST_READ: usize = 16 * 1024;
+
 impl Transport {
     /// Waits for bytes and appends them to `input`; `Ok(0)` at the end of the stream.
     pub(crate) async fn read_into(&mut self, input: &mut Vec<u8>) -> io::Result<usize> {
         match self {
-            Transport::Tcp(s) => loop {
-                // Wait for readiness first and read into a stack buffer after, so an idle
-                // connection holds no read buffer at all. Polled rather than awaited through
-                // `readable()`, whose future is 150 bytes of every idle connection's task.
-                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
-                match read_available(s, input) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            },
+            // Polled rather than awaited through `readable()`, whose future is 150 bytes of
+            // every idle connection's task.
+            Transport::Tcp(s) => std::future::poll_fn(|cx| poll_read_tcp(s, cx, input)).await,
             // Boxed: the state of these reads would otherwise enlarge every connection's
             // task, plain TCP ones included, by the largest of them.
             Transport::Tls(s) => {
@@ -93,25 +94,41 @@ impl Transport {
     }
 }
 
-/// Reads what a TCP socket has without waiting. `WouldBlock` if it had nothing.
-fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    let mut total = 0;
-    loop {
-        match stream.try_read(&mut chunk) {
-            // End of stream: hand over what came with it first; the next read sees the end.
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                input.extend_from_slice(&chunk[..n]);
-                total += n;
-                if total >= READ_TURN {
-                    return Ok(total);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => return Ok(total),
-            Err(e) => return Err(e),
+/// Reads what a TCP socket has into `input`, or registers `cx` to wait when it has nothing.
+///
+/// The first read goes to a stack buffer, so an idle connection holds no read buffer and a
+/// turn allocates what arrived, once; a full stack buffer means more may wait, and the rest
+/// is read straight into `input`. A short read tells tokio the socket is drained (it clears
+/// the readiness), which spares the read that would only answer `WouldBlock`.
+fn poll_read_tcp(
+    stream: &mut TcpStream,
+    cx: &mut std::task::Context<'_>,
+    input: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
+    let mut chunk = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+    let mut buf = ReadBuf::uninit(&mut chunk);
+    ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+    let first = buf.filled();
+    let mut total = first.len();
+    if total > 0 {
+        Spare::Input.lend_to(input);
+    }
+    if total == FIRST_READ {
+        input.reserve(READ_TURN);
+    }
+    input.extend_from_slice(first);
+    if total < FIRST_READ {
+        return Poll::Ready(Ok(total));
+    }
+    while total < READ_TURN {
+        match stream.try_read_buf(input) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            // What was read is handed over first; an error shows again on the next read.
+            Err(_) => break,
         }
     }
+    Poll::Ready(Ok(total))
 }
 
 /// MQTT over WebSocket travels in binary messages, which need not align with packets.

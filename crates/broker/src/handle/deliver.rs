@@ -3,6 +3,7 @@
 //! Messages are chosen under the session lock and encoded after it is released, so a
 //! publisher routing into this session waits only for the queue operations.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,6 +19,19 @@ use crate::session::{Inflight, Outgoing, SessionState};
 use std::sync::Arc;
 use tern_store::Record;
 
+/// What a flush sends, chosen under the session's lock and encoded after it.
+type Batch = Vec<(Outgoing, Option<PacketId>)>;
+
+/// The largest batch whose room is kept for the next flush.
+const KEPT_BATCH: usize = 4096;
+
+thread_local! {
+    /// The last flush's batch on this thread, empty, kept for its room: grown message by
+    /// message in every flush, it was reallocated (and copied) several times per turn of a
+    /// busy subscriber.
+    static BATCH: Cell<Batch> = const { Cell::new(Vec::new()) };
+}
+
 pub(crate) fn flush(
     broker: &Broker,
     conn_id: u64,
@@ -28,7 +42,7 @@ pub(crate) fn flush(
     persist::write_steps(broker, a);
     let window = usize::from(a.client_receive_maximum.min(broker.limits.max_inflight)).max(1);
     reload(broker, a, window, now);
-    let mut batch: Vec<(Outgoing, Option<PacketId>)> = Vec::new();
+    let mut batch = BATCH.take();
     let mut expired = 0u64;
     // Store entries that were sent (seq, packet id) or expired (seq, None).
     let mut logged: Vec<(u64, Option<u16>)> = Vec::new();
@@ -108,6 +122,10 @@ pub(crate) fn flush(
     broker.stats.drop_messages(DropCause::Expired, expired);
     for (outgoing, id) in &batch {
         write_publish(broker, a, outgoing, *id, false, now, out);
+    }
+    batch.clear();
+    if batch.capacity() <= KEPT_BATCH {
+        BATCH.set(batch);
     }
     Ok(())
 }
@@ -260,7 +278,11 @@ fn write_publish_raw(
         && o.subscription_ids.is_empty()
         && expiry.is_none()
         && (!a.version.is_v5() || a.client_alias_maximum == 0);
-    if plain {
+    // A message no other queue holds is encoded straight into the output: a shared encoding
+    // would be made, copied once and freed. Its holders here are the batch being sent and,
+    // with a packet identifier, the in-flight map; nobody else can take a new reference.
+    let alone = Arc::strong_count(&o.message) <= 1 + usize::from(id.is_some());
+    if plain && !alone {
         let Some(encoded) = m.encoded(a.version.is_v5(), o.qos, o.retain) else {
             return false;
         };

@@ -158,7 +158,14 @@ fn check_allowed(broker: &Broker, p: &Publish<'_>) -> Result<(), Close> {
 /// The topic a PUBLISH goes to, setting or using a Topic Alias (section 3.3.2.3.4).
 fn resolve_topic(broker: &Broker, a: &mut Attached, p: &Publish<'_>) -> Result<Arc<str>, Close> {
     let Some(alias) = p.properties.topic_alias else {
-        return Ok(Arc::from(p.topic.as_str()));
+        let topics = a.aliases.get_or_insert_with(Default::default);
+        return Ok(match &topics.last_published {
+            Some(last) if **last == *p.topic.as_str() => last.clone(),
+            _ => topics
+                .last_published
+                .insert(Arc::from(p.topic.as_str()))
+                .clone(),
+        });
     };
     // [MQTT-3.3.2-9] an alias above the broker's Topic Alias Maximum.
     if alias > broker.limits.topic_alias_maximum {
