@@ -3,10 +3,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tern_proto::{
-    FixedHeader, Packet, PacketId, PropertiesBuf, PropertyContext, ProtocolVersion, Publish, QoS,
-    TopicName,
-};
+use tern_proto::{FixedHeader, PacketId, PropertiesBuf, ProtocolVersion, QoS, StoredPublish};
 
 /// A message accepted from a publisher (or a will), shared by reference between the retained
 /// store and every subscriber queue it reaches.
@@ -78,22 +75,35 @@ impl Message {
             .as_ref()
     }
 
+    /// The PUBLISH of this message as stored: its properties' block is sent as it is.
+    pub fn stored_publish(
+        &self,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<PacketId>,
+    ) -> StoredPublish<'_> {
+        StoredPublish {
+            dup: false,
+            qos,
+            retain,
+            topic: &self.topic,
+            packet_id,
+            properties: &self.properties,
+            payload: &self.payload,
+        }
+    }
+
     fn encode(&self, v5: bool, qos: QoS, retain: bool) -> Option<Encoded> {
         let version = if v5 {
             ProtocolVersion::V5
         } else {
             ProtocolVersion::V3_1_1
         };
-        let publish = Publish {
-            dup: false,
-            qos,
-            retain,
-            topic: TopicName::new(&self.topic).ok()?,
-            packet_id: (qos != QoS::AtMostOnce).then_some(PacketId::new(1)?),
-            properties: self.properties.get(PropertyContext::Publish),
-            payload: &self.payload,
-        };
-        let bytes = Packet::Publish(publish).encode_to_vec(version).ok()?;
+        let packet_id = (qos != QoS::AtMostOnce).then_some(PacketId::new(1)?);
+        let mut bytes = Vec::new();
+        self.stored_publish(qos, retain, packet_id)
+            .append_to(version, &mut bytes)
+            .ok()?;
         let header = FixedHeader::decode(&bytes, version).ok()??;
         let packet_id_at = header.header_len + 2 + self.topic.len();
         Some(Encoded {
@@ -106,7 +116,7 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::Properties;
+    use tern_proto::{Packet, Properties, PropertyContext, Publish, TopicName};
 
     fn message() -> Message {
         let props = Properties {

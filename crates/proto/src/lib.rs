@@ -39,7 +39,7 @@ pub mod wire;
 
 pub use error::{DecodeError, EncodeError, PacketType};
 #[cfg(feature = "alloc")]
-pub use owned::{PropertiesBuf, PublishBuf};
+pub use owned::{PropertiesBuf, PublishBuf, StoredPublish};
 pub use packet::{
     decode, Ack, Auth, ConnAck, Connect, Disconnect, FixedHeader, List, ListItem, Packet, PacketId,
     Publish, QoS, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,

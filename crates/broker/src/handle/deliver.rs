@@ -282,7 +282,16 @@ fn write_publish_raw(
     // would be made, copied once and freed. Its holders here are the batch being sent and,
     // with a packet identifier, the in-flight map; nobody else can take a new reference.
     let alone = Arc::strong_count(&o.message) <= 1 + usize::from(id.is_some());
-    if plain && !alone {
+    if plain && alone {
+        let publish = m.stored_publish(o.qos, o.retain, id);
+        return match publish.encoded_len(a.version) {
+            Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
+                publish.append_to(a.version, out).is_ok()
+            }
+            _ => false,
+        };
+    }
+    if plain {
         let Some(encoded) = m.encoded(a.version.is_v5(), o.qos, o.retain) else {
             return false;
         };

@@ -204,5 +204,8 @@ pub(crate) fn handle_unsubscribe(
 /// Whether a topic or filter is within the broker's length and depth limits.
 pub(crate) fn within_topic_limits(broker: &Broker, topic: &str) -> bool {
     let limits = &broker.limits;
-    topic.len() <= limits.max_topic_length && topic.split('/').count() <= limits.max_topic_levels
+    // Levels are separators plus one; counted over bytes (`/` is ASCII and never part of
+    // another UTF-8 character), which is several times cheaper than splitting.
+    topic.len() <= limits.max_topic_length
+        && topic.bytes().filter(|&b| b == b'/').count() < limits.max_topic_levels
 }

@@ -587,6 +587,35 @@ proptest! {
         });
     }
 
+    /// A stored message's PUBLISH, encoded from its properties' block, is byte for byte the
+    /// PUBLISH encoded from the decoded properties.
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn a_stored_publish_encodes_as_the_packet(
+        version in version(),
+        p in props(),
+        topic in topic_text(),
+        payload in bytes(),
+        (q, dup, retain, id) in (0u8..3, any::<bool>(), any::<bool>(), 1u16..),
+    ) {
+        let pairs: Vec<(&str, &str)> = p.user.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let properties = view(&p, Ctx::Publish, &pairs);
+        let block = tern_proto::PropertiesBuf::new(&properties).unwrap();
+        let qos = qos(q);
+        let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).unwrap());
+        let stored = tern_proto::StoredPublish {
+            dup, qos, retain, topic: &topic, packet_id, properties: &block, payload: &payload,
+        };
+        let packet = Packet::Publish(Publish {
+            dup, qos, retain, topic: TopicName::new(&topic).unwrap(), packet_id,
+            properties: block.get(Ctx::Publish), payload: &payload,
+        });
+        let mut out = vec![7u8];
+        stored.append_to(version, &mut out).unwrap();
+        prop_assert_eq!(&out[1..], &packet.encode_to_vec(version).unwrap()[..]);
+        prop_assert_eq!(stored.encoded_len(version).unwrap(), out.len() - 1);
+    }
+
     #[test]
     fn decode_never_panics(version in version(), bytes in vec(any::<u8>(), 0..64)) {
         // Any outcome is fine; a panic is not. Whatever decodes re-encodes and decodes the same.
