@@ -59,8 +59,11 @@ class Pebble:
         self.root.write_bytes(pem)
 
     def _up(self):
+        # Pebble opens its ACME and management listeners one after the other: both must answer
+        # before the root is fetched from the second.
         try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            for port in (self.port, self.management):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return True
         except OSError:
             return False
