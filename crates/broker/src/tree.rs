@@ -5,6 +5,7 @@
 //! each matching group receives each message, in turn). Knows nothing about queues or sockets:
 //! a match is a session handle and the options it subscribed with.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 /// The tree's maps: every PUBLISH hashes each level of its topic here, so the hasher is
@@ -188,7 +189,10 @@ impl SubscriptionTree {
 
     /// [`SubscriptionTree::matches`], with or without the shared groups' members.
     pub fn matches_with(&self, topic: &str, groups: bool) -> Matches {
-        let mut found = Found::default();
+        let mut found = Found {
+            subscribers: MATCHES.take(),
+            sources: 0,
+        };
         // [MQTT-4.7.2-1] wildcards in the first level do not match `$` topics.
         let dollar = topic.starts_with('$');
         walk(&self.root, Some(topic), 0, dollar, groups, &mut found);
@@ -243,8 +247,27 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, client: &str
     }
 }
 
+thread_local! {
+    /// The room of the last match list delivered on this thread ([`Matches::recycle`]): a
+    /// list per PUBLISH was an allocation per PUBLISH.
+    static MATCHES: Cell<Vec<Subscriber>> = const { Cell::new(Vec::new()) };
+}
+
+/// Match lists longer than this are freed rather than kept for the next walk.
+const KEPT_MATCHES: usize = 4096;
+
+impl Matches {
+    /// Gives the list's room back for the next walk on this thread, once its subscribers
+    /// were taken out.
+    pub(crate) fn recycle(mut subscribers: Vec<Subscriber>) {
+        subscribers.clear();
+        if subscribers.capacity() <= KEPT_MATCHES {
+            MATCHES.set(subscribers);
+        }
+    }
+}
+
 /// What a walk found so far.
-#[derive(Default)]
 struct Found {
     subscribers: Vec<Subscriber>,
     /// How many filters (and shared groups) gave subscribers.
