@@ -32,5 +32,5 @@ pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
 pub use message::Message;
 pub use migrate::{MoveError, SessionSummary};
-pub use session::{Inflight, Outgoing, Queue, QueueLimit, Session, SessionState};
+pub use session::{Inflight, InflightMap, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Matches, Subscriber, SubscriptionTree};

@@ -159,6 +159,111 @@ pub enum Inflight {
     },
 }
 
+/// The messages in flight by packet id, in packet-id order: a map for what the broker does
+/// with them. Held as a sorted double-ended queue because packet ids are given in rising
+/// order and acknowledged mostly in the order sent, so an insertion is a push at the back
+/// and an acknowledgement a pop at the front; a B-tree cost a tenth of the broker's time
+/// per QoS 1 message in node searches and shifts. Only a wrap of the packet ids inserts
+/// in the middle.
+#[derive(Debug, Clone, Default)]
+pub struct InflightMap(VecDeque<(u16, Inflight)>);
+
+impl InflightMap {
+    fn position(&self, id: u16) -> Result<usize, usize> {
+        // The common cases first: the oldest (acknowledged in order) and a new highest id.
+        match (self.0.front(), self.0.back()) {
+            (Some((first, _)), _) if *first == id => Ok(0),
+            (_, Some((last, _))) if *last < id => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&id, |(k, _)| *k),
+        }
+    }
+
+    /// How many are in flight.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `id` is in flight.
+    pub fn contains_key(&self, id: &u16) -> bool {
+        self.position(*id).is_ok()
+    }
+
+    /// The entry for `id`.
+    pub fn get(&self, id: &u16) -> Option<&Inflight> {
+        self.position(*id).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Puts `entry` under `id`, returning the entry it replaces.
+    pub fn insert(&mut self, id: u16, entry: Inflight) -> Option<Inflight> {
+        match self.position(id) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, entry)),
+            Err(i) => {
+                self.0.insert(i, (id, entry));
+                None
+            }
+        }
+    }
+
+    /// Takes the entry for `id` out.
+    pub fn remove(&mut self, id: &u16) -> Option<Inflight> {
+        let i = self.position(*id).ok()?;
+        self.0.remove(i).map(|(_, entry)| entry)
+    }
+
+    /// Takes the entry for `id` out if `ends` gives it a value, and returns both.
+    pub fn remove_if<T>(
+        &mut self,
+        id: u16,
+        ends: impl FnOnce(&Inflight) -> Option<T>,
+    ) -> Option<(T, Inflight)> {
+        let i = self.position(id).ok()?;
+        let value = ends(&self.0[i].1)?;
+        self.0.remove(i).map(|(_, entry)| (value, entry))
+    }
+
+    /// The entries in packet-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&u16, &Inflight)> {
+        self.0.iter().map(|(id, entry)| (id, entry))
+    }
+
+    /// The entries in packet-id order, changeable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&u16, &mut Inflight)> {
+        self.0.iter_mut().map(|(id, entry)| (&*id, entry))
+    }
+
+    /// The entries' values in packet-id order.
+    pub fn values(&self) -> impl Iterator<Item = &Inflight> {
+        self.0.iter().map(|(_, entry)| entry)
+    }
+}
+
+impl FromIterator<(u16, Inflight)> for InflightMap {
+    fn from_iter<I: IntoIterator<Item = (u16, Inflight)>>(entries: I) -> Self {
+        let mut map = InflightMap::default();
+        for (id, entry) in entries {
+            map.insert(id, entry);
+        }
+        map
+    }
+}
+
+impl<'a> IntoIterator for &'a InflightMap {
+    type Item = (&'a u16, &'a Inflight);
+    type IntoIter = std::iter::Map<
+        std::collections::vec_deque::Iter<'a, (u16, Inflight)>,
+        fn(&'a (u16, Inflight)) -> (&'a u16, &'a Inflight),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(id, entry)| (id, entry))
+    }
+}
+
 /// Everything a session holds, behind the session's lock.
 #[derive(Debug)]
 pub struct SessionState {
@@ -185,7 +290,7 @@ pub struct SessionState {
     /// Messages not yet sent, oldest first.
     pub queue: Queue,
     /// Messages sent and not yet acknowledged, by packet id.
-    pub inflight: BTreeMap<u16, Inflight>,
+    pub inflight: InflightMap,
     /// QoS 2 packet ids received from the client whose PUBREL has not arrived.
     pub incoming_qos2: BTreeSet<u16>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
@@ -259,7 +364,7 @@ impl SessionState {
             username: None,
             subscriptions: BTreeMap::new(),
             queue: Queue::default(),
-            inflight: BTreeMap::new(),
+            inflight: InflightMap::default(),
             incoming_qos2: BTreeSet::new(),
             expiry_interval: 0,
             disconnected_at: None,
@@ -446,6 +551,75 @@ impl Session {
             drop(state);
             warn!(client_id = %self.client_id, queued,
                 "subscriber takes nothing from its full queue: publishers no longer wait for it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16, u64),
+        Remove(u16),
+        RemoveIfEven(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few distinct ids, so operations meet the same entries; rising ids are the common
+        // case and are made likelier.
+        let id = prop_oneof![0u16..8, 65530u16..=65535];
+        prop_oneof![
+            (id.clone(), any::<u64>()).prop_map(|(i, s)| Op::Insert(i, s)),
+            id.clone().prop_map(Op::Remove),
+            id.prop_map(Op::RemoveIfEven),
+        ]
+    }
+
+    fn seq(entry: &Inflight) -> u64 {
+        match entry {
+            Inflight::Release { seq } => *seq,
+            Inflight::Publish(_) => unreachable!("only releases are used here"),
+        }
+    }
+
+    proptest! {
+        /// The in-flight map answers exactly as an ordered map would, in any order of
+        /// operations (wrapped ids included).
+        #[test]
+        fn the_inflight_map_behaves_as_an_ordered_map(ops in prop::collection::vec(op(), 0..64)) {
+            let mut map = InflightMap::default();
+            let mut model: BTreeMap<u16, u64> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(id, s) => {
+                        let old = map.insert(id, Inflight::Release { seq: s }).map(|e| seq(&e));
+                        prop_assert_eq!(old, model.insert(id, s));
+                    }
+                    Op::Remove(id) => {
+                        prop_assert_eq!(map.remove(&id).map(|e| seq(&e)), model.remove(&id));
+                    }
+                    Op::RemoveIfEven(id) => {
+                        let even = |e: &Inflight| Some(seq(e)).filter(|s| s % 2 == 0);
+                        let got = map.remove_if(id, even).map(|(s, _)| s);
+                        let want = model.get(&id).copied().filter(|s| s % 2 == 0);
+                        if want.is_some() {
+                            model.remove(&id);
+                        }
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                let entries: Vec<(u16, u64)> = map.iter().map(|(k, e)| (*k, seq(e))).collect();
+                let expected: Vec<(u16, u64)> = model.iter().map(|(k, s)| (*k, *s)).collect();
+                prop_assert_eq!(entries, expected);
+                prop_assert_eq!(map.len(), model.len());
+                for id in [0u16, 3, 7, 65530, 65535] {
+                    prop_assert_eq!(map.contains_key(&id), model.contains_key(&id));
+                    prop_assert_eq!(map.get(&id).map(seq), model.get(&id).copied());
+                }
+            }
         }
     }
 }

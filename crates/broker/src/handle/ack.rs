@@ -35,14 +35,7 @@ fn log(broker: &Broker, a: &mut Attached, step: Step) {
 /// Ends the delivery in flight under `id` if `ends` says this acknowledgement ends it, and
 /// returns its store entry.
 fn finish(a: &mut Attached, id: u16, ends: impl Fn(&Inflight) -> Option<u64>) -> Option<u64> {
-    let ended = {
-        let mut state = a.session.lock();
-        let std::collections::btree_map::Entry::Occupied(entry) = state.inflight.entry(id) else {
-            return None;
-        };
-        let seq = ends(entry.get())?;
-        (seq, entry.remove())
-    };
+    let ended = a.session.lock().inflight.remove_if(id, ends)?;
     // The entry (often the last reference to its message) is freed after the lock is
     // released, so a publisher routing into this session waits less.
     Some(ended.0)
