@@ -7,6 +7,7 @@ mosquitto_sub, MQTT.js) and with a reproduction of the tutorial boards' umqtt.
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -105,6 +106,22 @@ def broker(tmp_path):
     b = Broker(tmp_path).start()
     yield b
     b.stop()
+
+
+_given_ports = set()
+
+
+def free_port():
+    """A loopback port free now and never handed out before in this run. Two binds of port 0
+    in a row may get the same port, so a test that starts several servers could otherwise
+    give two of them one port (seen: a NATS server's client and route ports)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):

@@ -15,15 +15,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import Broker, tern, wait_for
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from conftest import Broker, free_port, tern, wait_for
 
 
 class Pebble:

@@ -22,17 +22,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import ROOT, Broker, wait_for
+from conftest import ROOT, Broker, free_port, wait_for
 
 NATS_SERVER = ROOT / ".venv" / "bin" / "nats-server"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Nats:

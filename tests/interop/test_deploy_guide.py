@@ -9,24 +9,15 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from conftest import ROOT, TERN, wait_for
+from conftest import ROOT, TERN, free_port, wait_for
 
 GUIDE = ROOT / "docs" / "deploy.md"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def commands():
