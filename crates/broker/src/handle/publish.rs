@@ -103,7 +103,12 @@ pub(crate) fn handle_publish(
             payload: p.payload.to_vec(),
             qos: p.qos,
             retain: p.retain,
-            properties: forwarded_properties(&p.properties),
+            // Before MQTT 5 a PUBLISH has no properties: nothing to look at.
+            properties: if a.version.is_v5() {
+                forwarded_properties(&p.properties)
+            } else {
+                PropertiesBuf::default()
+            },
             publisher: a.client_id.clone(),
             stored: Default::default(),
             encoded: Default::default(),
