@@ -291,10 +291,21 @@ impl Connection {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), Close> {
+        self.handle_ref(&packet, now, out)
+    }
+
+    /// [`Connection::handle`] for a packet the caller keeps: a decoded packet is several
+    /// hundred bytes, and every PUBLISH passed on by value was copied on the way.
+    pub fn handle_ref(
+        &mut self,
+        packet: &Packet<'_>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
         let Some(attached) = self.attached.as_mut() else {
             // [MQTT-3.1.0-1] the first packet must be CONNECT.
             return match packet {
-                Packet::Connect(c) => handle::connect::handle_connect(self, c, now, out),
+                Packet::Connect(c) => handle::connect::handle_connect(self, *c, now, out),
                 _ => Err(Close::new(ReasonCode::PROTOCOL_ERROR)
                     .because("the first packet must be CONNECT")),
             };
@@ -303,21 +314,21 @@ impl Connection {
             Packet::Publish(p) => {
                 handle::publish::handle_publish(&self.broker, attached, p, now, out)
             }
-            Packet::PubAck(a) => handle::ack::handle_puback(&self.broker, attached, a),
-            Packet::PubRec(a) => handle::ack::handle_pubrec(&self.broker, attached, a, out),
-            Packet::PubRel(a) => handle::ack::handle_pubrel(&self.broker, attached, a, out),
-            Packet::PubComp(a) => handle::ack::handle_pubcomp(&self.broker, attached, a),
+            Packet::PubAck(a) => handle::ack::handle_puback(&self.broker, attached, *a),
+            Packet::PubRec(a) => handle::ack::handle_pubrec(&self.broker, attached, *a, out),
+            Packet::PubRel(a) => handle::ack::handle_pubrel(&self.broker, attached, *a, out),
+            Packet::PubComp(a) => handle::ack::handle_pubcomp(&self.broker, attached, *a),
             Packet::Subscribe(s) => {
-                handle::subscribe::handle_subscribe(&self.broker, attached, s, now, out)
+                handle::subscribe::handle_subscribe(&self.broker, attached, *s, now, out)
             }
             Packet::Unsubscribe(u) => {
-                handle::subscribe::handle_unsubscribe(&self.broker, attached, u, out)
+                handle::subscribe::handle_unsubscribe(&self.broker, attached, *u, out)
             }
             Packet::PingReq => {
                 send(out, &Packet::PingResp, attached.version);
                 Ok(())
             }
-            Packet::Disconnect(d) => handle::connect::handle_disconnect(attached, d),
+            Packet::Disconnect(d) => handle::connect::handle_disconnect(attached, *d),
             // [MQTT-3.1.0-2] a second CONNECT; AUTH without an authentication method; and
             // packets only a server sends.
             Packet::Connect(_)

@@ -548,7 +548,7 @@ fn handle_next(
         used,
         publish,
         disconnect,
-        outcome: conn.handle(packet, now, out),
+        outcome: conn.handle_ref(&packet, now, out),
     }
 }
 

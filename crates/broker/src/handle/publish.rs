@@ -17,7 +17,7 @@ use tern_store::Record;
 pub(crate) fn handle_publish(
     broker: &Broker,
     a: &mut Attached,
-    p: Publish<'_>,
+    p: &Publish<'_>,
     now: Instant,
     out: &mut Vec<u8>,
 ) -> Result<(), Close> {
@@ -26,8 +26,8 @@ pub(crate) fn handle_publish(
         .messages_received
         .fetch_add(1, Ordering::Relaxed);
     broker.stats.received_by_qos[p.qos as usize].fetch_add(1, Ordering::Relaxed);
-    check_allowed(broker, &p)?;
-    let topic = resolve_topic(broker, a, &p)?;
+    check_allowed(broker, p)?;
+    let topic = resolve_topic(broker, a, p)?;
     if !super::subscribe::within_topic_limits(broker, &topic) {
         return Err(Close::new(ReasonCode::TOPIC_NAME_INVALID)
             .because("topic longer or deeper than the broker allows"));
