@@ -120,8 +120,22 @@ pub(crate) fn flush(
         }
     }
     broker.stats.drop_messages(DropCause::Expired, expired);
+    // Counted once per flush rather than per message (two atomic additions each).
+    let mut sent = [0u64; 3];
     for (outgoing, id) in &batch {
-        write_publish(broker, a, outgoing, *id, false, now, out);
+        if write_publish(broker, a, outgoing, *id, false, now, out) {
+            sent[outgoing.qos as usize] += 1;
+        }
+    }
+    let total: u64 = sent.iter().sum();
+    if total > 0 {
+        broker
+            .stats
+            .messages_sent
+            .fetch_add(total, Ordering::Relaxed);
+        for (qos, n) in sent.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            broker.stats.sent_by_qos[qos].fetch_add(n, Ordering::Relaxed);
+        }
     }
     batch.clear();
     if batch.capacity() <= KEPT_BATCH {
@@ -233,6 +247,8 @@ pub(crate) fn resend_inflight(a: &mut Attached, now: Instant, out: &mut Vec<u8>)
     }
 }
 
+/// Writes one queued message; returns whether it was sent (the caller counts it). One too
+/// large for the client is dropped, counted and ended.
 fn write_publish(
     broker: &Broker,
     a: &mut Attached,
@@ -241,12 +257,9 @@ fn write_publish(
     dup: bool,
     now: Instant,
     out: &mut Vec<u8>,
-) {
+) -> bool {
     let written = write_publish_raw(a, o, id, dup, o.message.remaining_expiry(now), out);
-    if written {
-        broker.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
-        broker.stats.sent_by_qos[o.qos as usize].fetch_add(1, Ordering::Relaxed);
-    } else {
+    if !written {
         broker.stats.drop_messages(DropCause::TooLarge, 1);
         if let Some(id) = id {
             a.session.lock().inflight.remove(&id.get());
@@ -259,6 +272,7 @@ fn write_publish(
             }
         }
     }
+    written
 }
 
 /// Encodes one PUBLISH for this client. A packet larger than the client's Maximum Packet Size
