@@ -533,12 +533,13 @@ fn handle_next(
     now: std::time::Instant,
     out: &mut Vec<u8>,
 ) -> Next {
-    let (packet, used) = match decode(input, conn.version(), conn.max_packet_size()) {
-        Ok(Some(decoded)) => decoded,
+    let decoded = decode(input, conn.version(), conn.max_packet_size());
+    let (packet, used) = match &decoded {
+        Ok(Some((packet, used))) => (packet, *used),
         Ok(None) => return Next::Incomplete,
-        Err(err) => return Next::Malformed(err),
+        Err(err) => return Next::Malformed(*err),
     };
-    let (publish, disconnect) = match &packet {
+    let (publish, disconnect) = match packet {
         Packet::Connect(_) if !authenticated && conn.session().is_none() => return Next::Connect,
         Packet::Publish(_) => (true, None),
         Packet::Disconnect(d) => (false, Some(d.reason)),
@@ -548,7 +549,7 @@ fn handle_next(
         used,
         publish,
         disconnect,
-        outcome: conn.handle_ref(&packet, now, out),
+        outcome: conn.handle_ref(packet, now, out),
     }
 }
 
