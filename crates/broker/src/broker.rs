@@ -15,6 +15,7 @@ use crate::access::{AccessControl, AllowAll};
 use crate::config::Limits;
 use crate::message::Message;
 use crate::persist::{self, Journal};
+use crate::scratch;
 use crate::session::{Enqueued, Inflight, Outgoing, Session};
 use crate::tree::SubscriptionTree;
 use tern_proto::QoS;
@@ -145,13 +146,9 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 thread_local! {
-    /// The room of the last delivery's list of sessions on this thread: a list per PUBLISH
-    /// was an allocation per PUBLISH.
+    /// The sessions a delivery reaches (see `scratch`).
     static PER_SESSION: Cell<Vec<(Arc<Session>, Outgoing)>> = const { Cell::new(Vec::new()) };
 }
-
-/// Session lists longer than this are freed rather than kept for the next delivery.
-const KEPT_PER_SESSION: usize = 4096;
 
 impl Broker {
     /// A broker with `limits` that lets everyone in, started at `now`.
@@ -504,9 +501,7 @@ impl Broker {
                 Enqueued::Dropped => self.stats.drop_messages(DropCause::QueueFull, 1),
             }
         }
-        if per_session.capacity() <= KEPT_PER_SESSION {
-            PER_SESSION.set(per_session);
-        }
+        scratch::give_back(&PER_SESSION, per_session);
         reached
     }
 

@@ -19,6 +19,7 @@ mod migrate;
 mod persist;
 #[cfg(test)]
 mod persist_tests;
+mod scratch;
 mod session;
 mod tree;
 

@@ -211,8 +211,7 @@ impl InflightMap {
 
     /// Takes the entry for `id` out.
     pub fn remove(&mut self, id: &u16) -> Option<Inflight> {
-        let i = self.position(*id).ok()?;
-        self.0.remove(i).map(|(_, entry)| entry)
+        self.remove_if(*id, |_| Some(())).map(|((), entry)| entry)
     }
 
     /// Takes the entry for `id` out if `ends` gives it a value, and returns both.
@@ -228,7 +227,7 @@ impl InflightMap {
 
     /// The entries in packet-id order.
     pub fn iter(&self) -> impl Iterator<Item = (&u16, &Inflight)> {
-        self.0.iter().map(|(id, entry)| (id, entry))
+        self.into_iter()
     }
 
     /// The entries in packet-id order, changeable.

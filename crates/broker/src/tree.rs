@@ -248,22 +248,14 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, client: &str
 }
 
 thread_local! {
-    /// The room of the last match list delivered on this thread ([`Matches::recycle`]): a
-    /// list per PUBLISH was an allocation per PUBLISH.
+    /// The matches of a walk (see `scratch`; given back by [`Matches::recycle`]).
     static MATCHES: Cell<Vec<Subscriber>> = const { Cell::new(Vec::new()) };
 }
 
-/// Match lists longer than this are freed rather than kept for the next walk.
-const KEPT_MATCHES: usize = 4096;
-
 impl Matches {
-    /// Gives the list's room back for the next walk on this thread, once its subscribers
-    /// were taken out.
-    pub(crate) fn recycle(mut subscribers: Vec<Subscriber>) {
-        subscribers.clear();
-        if subscribers.capacity() <= KEPT_MATCHES {
-            MATCHES.set(subscribers);
-        }
+    /// Gives the list's room back for the next walk on this thread.
+    pub(crate) fn recycle(subscribers: Vec<Subscriber>) {
+        crate::scratch::give_back(&MATCHES, subscribers);
     }
 }
 

@@ -784,7 +784,8 @@ mod tests {
             );
             let size = std::mem::size_of_val(&task);
             eprintln!("idle TCP connection task: {size} bytes");
-            assert!(size <= 936, "{size} bytes");
+            // With tokio's header and trailer, 896 bytes of future fill a 1,024-byte cell.
+            assert!(size <= 896, "{size} bytes");
             drop(client);
         });
     }

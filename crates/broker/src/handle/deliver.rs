@@ -22,13 +22,9 @@ use tern_store::Record;
 /// What a flush sends, chosen under the session's lock and encoded after it.
 type Batch = Vec<(Outgoing, Option<PacketId>)>;
 
-/// The largest batch whose room is kept for the next flush.
-const KEPT_BATCH: usize = 4096;
-
 thread_local! {
-    /// The last flush's batch on this thread, empty, kept for its room: grown message by
-    /// message in every flush, it was reallocated (and copied) several times per turn of a
-    /// busy subscriber.
+    /// A flush's batch (see `scratch`): grown message by message, it was reallocated (and
+    /// copied) several times per turn of a busy subscriber.
     static BATCH: Cell<Batch> = const { Cell::new(Vec::new()) };
 }
 
@@ -137,10 +133,7 @@ pub(crate) fn flush(
             broker.stats.sent_by_qos[qos].fetch_add(n, Ordering::Relaxed);
         }
     }
-    batch.clear();
-    if batch.capacity() <= KEPT_BATCH {
-        BATCH.set(batch);
-    }
+    crate::scratch::give_back(&BATCH, batch);
     Ok(())
 }
 
@@ -286,26 +279,27 @@ fn write_publish_raw(
     out: &mut Vec<u8>,
 ) -> bool {
     let m = &o.message;
-    // Most deliveries carry nothing particular to the subscriber: copy the shared encoding and
-    // patch in the packet identifier.
+    // Most deliveries carry nothing particular to the subscriber: the message's stored
+    // PUBLISH with this packet identifier.
     let plain = !dup
         && o.subscription_ids.is_empty()
         && expiry.is_none()
         && (!a.version.is_v5() || a.client_alias_maximum == 0);
-    // A message no other queue holds is encoded straight into the output: a shared encoding
-    // would be made, copied once and freed. Its holders here are the batch being sent and,
-    // with a packet identifier, the in-flight map; nobody else can take a new reference.
-    let alone = Arc::strong_count(&o.message) <= 1 + usize::from(id.is_some());
-    if plain && alone {
-        let publish = m.stored_publish(o.qos, o.retain, id);
-        return match publish.encoded_len(a.version) {
-            Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
-                publish.append_to(a.version, out).is_ok()
-            }
-            _ => false,
-        };
-    }
     if plain {
+        // A message no other queue holds is encoded straight into the output: a shared
+        // encoding would be made, copied once and freed. Its holders here are the batch
+        // being sent and, with a packet identifier, the in-flight map; nobody else can take
+        // a new reference.
+        if Arc::strong_count(m) <= 1 + usize::from(id.is_some()) {
+            let publish = m.stored_publish(o.qos, o.retain, id);
+            return match publish.encoded_len(a.version) {
+                Ok(len) if len as u64 <= u64::from(a.client_max_packet) => {
+                    publish.append_to(a.version, out).is_ok()
+                }
+                _ => false,
+            };
+        }
+        // Otherwise the shared encoding, copied with the packet identifier patched in.
         let Some(encoded) = m.encoded(a.version.is_v5(), o.qos, o.retain) else {
             return false;
         };
