@@ -120,6 +120,9 @@ pub(crate) struct Aliases {
     /// The topic of the client's last PUBLISH: a client most often publishes to the same
     /// topic again, which then shares this one instead of being allocated per message.
     pub(crate) last_published: Option<Arc<str>>,
+    /// QoS 0 publications of this turn to one topic, not routed yet (see
+    /// [`Connection::handle_in_turn`]).
+    pub(crate) unrouted: Vec<Arc<crate::message::Message>>,
 }
 
 /// Where a connection comes from, as its transport knows it.
@@ -302,6 +305,34 @@ impl Connection {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), Close> {
+        let handled = self.dispatch(packet, now, out, false);
+        if let Some(a) = self.attached.as_mut() {
+            handle::publish::route_unrouted(&self.broker, a);
+        }
+        handled
+    }
+
+    /// [`Connection::handle_ref`] for one of the packets of a turn (what one read brought):
+    /// QoS 0 publications to one topic may wait to be routed together until a packet of
+    /// another kind or to another topic, [`Connection::flush`] or [`Connection::end`], so the
+    /// turn must end with one of those. Subscribers see the same messages in the same order
+    /// [MQTT-4.6.0-6]; each subscriber's lock is taken once for up to 64 of them.
+    pub fn handle_in_turn(
+        &mut self,
+        packet: &Packet<'_>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Close> {
+        self.dispatch(packet, now, out, true)
+    }
+
+    fn dispatch(
+        &mut self,
+        packet: &Packet<'_>,
+        now: Instant,
+        out: &mut Vec<u8>,
+        batch: bool,
+    ) -> Result<(), Close> {
         let Some(attached) = self.attached.as_mut() else {
             // [MQTT-3.1.0-1] the first packet must be CONNECT.
             return match packet {
@@ -310,9 +341,12 @@ impl Connection {
                     .because("the first packet must be CONNECT")),
             };
         };
+        if !matches!(packet, Packet::Publish(_)) {
+            handle::publish::route_unrouted(&self.broker, attached);
+        }
         match packet {
             Packet::Publish(p) => {
-                handle::publish::handle_publish(&self.broker, attached, p, now, out)
+                handle::publish::handle_publish(&self.broker, attached, p, now, out, batch)
             }
             Packet::PubAck(a) => handle::ack::handle_puback(&self.broker, attached, *a),
             Packet::PubRec(a) => handle::ack::handle_pubrec(&self.broker, attached, *a, out),
@@ -386,7 +420,10 @@ impl Connection {
     /// Writes queued messages the client may receive now into `out`, and notices a takeover.
     pub fn flush(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<(), Close> {
         match self.attached.as_mut() {
-            Some(a) => handle::deliver::flush(&self.broker, self.id, a, now, out),
+            Some(a) => {
+                handle::publish::route_unrouted(&self.broker, a);
+                handle::deliver::flush(&self.broker, self.id, a, now, out)
+            }
             None => Ok(()),
         }
     }
@@ -395,6 +432,7 @@ impl Connection {
     /// publishes the will if the end calls for it. A will with a delay is handed back.
     pub fn end(&mut self, how: End, now: Instant) -> Option<DelayedWill> {
         let mut a = self.attached.take()?;
+        handle::publish::route_unrouted(&self.broker, &mut a);
         persist::write_steps(&self.broker, &mut a);
         self.broker
             .stats

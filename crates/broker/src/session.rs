@@ -500,12 +500,7 @@ impl Session {
                 state.pushback.over = true;
                 outcome = Enqueued::OverLimit;
             } else {
-                state.dropped += 1;
-                let dropped = state.dropped;
-                if dropped == 1 || dropped.is_multiple_of(1000) {
-                    warn!(client_id = %self.client_id, dropped, limit = limit.messages,
-                        "queue full: message dropped");
-                }
+                self.count_drop(&mut state, limit);
                 return Enqueued::Dropped;
             }
         }
@@ -530,6 +525,57 @@ impl Session {
             self.wake.notify_one();
         }
         outcome
+    }
+
+    /// Queues a QoS 0 copy of each of `messages` (one publisher's, to one topic, in order) for
+    /// this session, as [`Session::enqueue`] would one by one, under one lock and with at most
+    /// one wake-up. `template` is the copy of the first; the others differ only in their
+    /// message. QoS 0 is never stored nor holds a publisher back: a message beyond the limit
+    /// is dropped. Returns how many were dropped.
+    pub(crate) fn enqueue_batch(
+        &self,
+        template: Outgoing,
+        messages: &[Arc<Message>],
+        limit: QueueLimit,
+    ) -> u64 {
+        debug_assert_eq!(template.qos, QoS::AtMostOnce);
+        let mut state = self.lock();
+        let was_empty = state.queue.is_empty();
+        let mut dropped = 0;
+        for message in messages {
+            let mut out = Outgoing {
+                message: message.clone(),
+                subscription_ids: template.subscription_ids.clone(),
+                via_share: template.via_share.clone(),
+                ..template
+            };
+            let (len, bytes) = (state.queue.len(), state.queue.bytes() + out.size());
+            if len >= limit.messages || bytes > limit.bytes {
+                self.count_drop(&mut state, limit);
+                dropped += 1;
+                continue;
+            }
+            state.received += 1;
+            out.ordinal = state.received;
+            state.queue.push_back(out);
+        }
+        let wake = state.owner.is_some() && was_empty && !state.queue.is_empty();
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        dropped
+    }
+
+    /// Counts a message this session's full queue refused, logging the first and every
+    /// thousandth.
+    fn count_drop(&self, state: &mut SessionState, limit: QueueLimit) {
+        state.dropped += 1;
+        let dropped = state.dropped;
+        if dropped == 1 || dropped.is_multiple_of(1000) {
+            warn!(client_id = %self.client_id, dropped, limit = limit.messages,
+                "queue full: message dropped");
+        }
     }
 
     /// While this session's full queue holds publishers back: how many messages it has taken
@@ -620,5 +666,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn qos0(payload: &[u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Arc::from("t"),
+            payload: payload.to_vec(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: Arc::from("p"),
+            expires_at: None,
+            stored: Default::default(),
+            encoded: Default::default(),
+            cluster_id: Default::default(),
+        })
+    }
+
+    fn copy_of(message: &Arc<Message>) -> Outgoing {
+        Outgoing {
+            message: message.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_ids: vec![4],
+            via_share: None,
+            seq: 0,
+            offloaded: false,
+            ordinal: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_queues_in_order_up_to_the_limit_and_wakes_once() {
+        let session = Session::new(Arc::from("s"), ProtocolVersion::V5);
+        session.lock().owner = Some(1);
+        let limit = QueueLimit {
+            messages: 3,
+            bytes: usize::MAX,
+        };
+        let first: Vec<_> = (0..2u8).map(|i| qos0(&[i])).collect();
+        assert_eq!(session.enqueue_batch(copy_of(&first[0]), &first, limit), 0);
+        let second: Vec<_> = (2..5u8).map(|i| qos0(&[i])).collect();
+        // One more fits; the other two are dropped, newest first, and counted.
+        assert_eq!(
+            session.enqueue_batch(copy_of(&second[0]), &second, limit),
+            2
+        );
+        let state = session.lock();
+        assert_eq!(state.dropped, 2);
+        let queued: Vec<_> = state
+            .queue
+            .iter()
+            .map(|o| (o.message.payload[0], o.ordinal, o.subscription_ids.clone()))
+            .collect();
+        assert_eq!(queued, [(0, 1, vec![4]), (1, 2, vec![4]), (2, 3, vec![4])]);
+        drop(state);
+        // The first batch found the queue empty and woke the connection; the second did not.
+        let woken = session.wake.notified();
+        tokio::pin!(woken);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(std::future::Future::poll(woken.as_mut(), &mut cx).is_ready());
+        let again = session.wake.notified();
+        tokio::pin!(again);
+        assert!(std::future::Future::poll(again.as_mut(), &mut cx).is_pending());
     }
 }

@@ -549,7 +549,7 @@ fn handle_next(
         used,
         publish,
         disconnect,
-        outcome: conn.handle_ref(packet, now, out),
+        outcome: conn.handle_in_turn(packet, now, out),
     }
 }
 

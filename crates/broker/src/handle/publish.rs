@@ -14,12 +14,17 @@ use crate::message::Message;
 use crate::persist;
 use tern_store::Record;
 
+/// Handles a PUBLISH. With `batch`, a QoS 0 publication (not retained, to a topic not `$`,
+/// allowed) is put with the ones before it to the same topic instead of being routed now
+/// ([`route_unrouted`] routes them together, at most [`BATCH`] at a time); any other
+/// publication routes those first.
 pub(crate) fn handle_publish(
     broker: &Broker,
     a: &mut Attached,
     p: &Publish<'_>,
     now: Instant,
     out: &mut Vec<u8>,
+    batch: bool,
 ) -> Result<(), Close> {
     broker
         .stats
@@ -95,6 +100,17 @@ pub(crate) fn handle_publish(
     let allowed = broker
         .access
         .may_publish(&a.client_id, a.username.as_deref(), &topic);
+    let batchable =
+        batch && allowed && p.qos == QoS::AtMostOnce && !p.retain && !topic.starts_with('$');
+    let unrouted = a.aliases.as_ref().map_or(0, |x| x.unrouted.len());
+    let same_topic = a
+        .aliases
+        .as_ref()
+        .and_then(|x| x.unrouted.first())
+        .is_some_and(|m| m.topic == topic);
+    if unrouted > 0 && (!batchable || !same_topic || unrouted >= BATCH) {
+        route_unrouted(broker, a);
+    }
     let (reached, ticket) = if !allowed || topic.starts_with('$') {
         (0, 0)
     } else {
@@ -118,6 +134,13 @@ pub(crate) fn handle_publish(
                 .message_expiry_interval
                 .map(|s| now + Duration::from_secs(u64::from(s))),
         };
+        if batchable {
+            a.aliases
+                .get_or_insert_with(Default::default)
+                .unrouted
+                .push(Arc::new(message));
+            return Ok(());
+        }
         broker.route_logged(Arc::new(message), &mut journal, a.held_by.as_mut())
     };
     a.needs = a.needs.max(persist::commit(journal));
@@ -143,6 +166,21 @@ pub(crate) fn handle_publish(
         send(out, &packet, a.version);
     }
     Ok(())
+}
+
+/// The most QoS 0 publications routed together: enough to spread a subscriber's lock and
+/// wake-up over many messages, few enough that the first is not held up behind the decoding
+/// of a whole read.
+pub(crate) const BATCH: usize = 64;
+
+/// Routes the QoS 0 publications [`handle_publish`] put aside, if any.
+pub(crate) fn route_unrouted(broker: &Broker, a: &mut Attached) {
+    let Some(topics) = a.aliases.as_mut().filter(|x| !x.unrouted.is_empty()) else {
+        return;
+    };
+    let ticket = broker.route_batch(&topics.unrouted);
+    topics.unrouted.clear();
+    a.forwarded = a.forwarded.max(ticket);
 }
 
 /// What the broker's limits forbid: a QoS above Maximum QoS [MQTT-3.2.2-11], RETAIN when

@@ -257,3 +257,108 @@ async fn puback_reports_no_matching_subscribers() {
     .await;
     p.expect_bytes(&[0x40, 3, 0, 4, 0x10]).await;
 }
+
+/// One write holding `packets`, so that the broker reads them in one turn.
+fn one_read(version: tern_proto::ProtocolVersion, packets: &[Packet<'_>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for p in packets {
+        bytes.extend(p.encode_to_vec(version).unwrap());
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn qos0_publications_read_together_keep_their_order_and_their_moment() {
+    // [MQTT-4.6.0-6] one publisher's messages reach a subscriber in the order published,
+    // whatever their topics and QoS. The broker routes a read's QoS 0 publications to one
+    // topic together; a packet of another kind is handled after the publications before it
+    // were routed and before those after it: the publisher's own SUBSCRIBE in the middle
+    // gets it the publications after, not those before ([MQTT-3.8.4-3] existing messages
+    // are not sent on a new subscription unless retained).
+    let broker = TestBroker::start().await;
+    let mut s = broker.connect(V3_1_1, "s").await;
+    s.subscribe("#", QoS::AtLeastOnce, 1).await;
+    let mut p = broker.connect(V3_1_1, "p").await;
+
+    let self_sub = [tern_proto::Subscription {
+        filter: tern_proto::TopicFilter::new("a").unwrap(),
+        options: SubscriptionOptions::new(QoS::AtMostOnce),
+    }];
+    let payloads: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let topic_of = |i: usize| match i {
+        150 => "b",
+        200..=204 => "c",
+        _ => "a",
+    };
+    let mut packets: Vec<Packet<'_>> = Vec::new();
+    for (i, body) in payloads.iter().enumerate() {
+        if i == 250 {
+            packets.push(Packet::Subscribe(tern_proto::Subscribe {
+                packet_id: pid(7),
+                properties: Properties::default(),
+                subscriptions: tern_proto::List::Items(&self_sub),
+            }));
+        }
+        let qos = if i == 150 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        packets.push(Packet::Publish(publish(
+            topic_of(i),
+            body.as_bytes(),
+            qos,
+            3,
+        )));
+    }
+    p.send_bytes(&one_read(V3_1_1, &packets)).await;
+
+    for (i, body) in payloads.iter().enumerate() {
+        let got = s.expect_publish().await;
+        assert_eq!(
+            (got.topic.as_str(), got.payload.as_slice()),
+            (topic_of(i), body.as_bytes())
+        );
+        if got.qos == QoS::AtLeastOnce {
+            s.ack(Packet::PubAck(Ack::new(pid(got.packet_id.unwrap()))))
+                .await;
+        }
+    }
+    // The publisher: PUBACK for message 150, SUBACK, then its own messages 250 to 299.
+    p.recv(|x| {
+        assert!(
+            matches!(x, Packet::PubAck(a) if a.packet_id == pid(3)),
+            "{x:?}"
+        )
+    })
+    .await;
+    p.recv(|x| assert!(matches!(x, Packet::SubAck(_)), "{x:?}"))
+        .await;
+    for body in &payloads[250..] {
+        assert_eq!(p.expect_publish().await.payload, body.as_bytes());
+    }
+    p.expect_silence(Duration::from_millis(200)).await;
+    s.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn qos0_publications_read_together_take_turns_in_a_shared_group() {
+    // Section 4.8.2: each message of a shared subscription goes to one member; read together,
+    // they are spread over the members in turn as if they had come one by one.
+    let broker = TestBroker::start().await;
+    let mut a = broker.connect(V5, "a").await;
+    let mut b = broker.connect(V5, "b").await;
+    a.subscribe("$share/g/jobs", QoS::AtMostOnce, 1).await;
+    b.subscribe("$share/g/jobs", QoS::AtMostOnce, 1).await;
+    let mut p = broker.connect(V5, "p").await;
+    let packets: Vec<Packet<'_>> = (0..40)
+        .map(|_| Packet::Publish(publish("jobs", b"j", QoS::AtMostOnce, 0)))
+        .collect();
+    p.send_bytes(&one_read(V5, &packets)).await;
+    for member in [&mut a, &mut b] {
+        for _ in 0..20 {
+            assert_eq!(member.expect_publish().await.topic, "jobs");
+        }
+        member.expect_silence(Duration::from_millis(200)).await;
+    }
+}
