@@ -566,9 +566,12 @@ async fn handle_input(
     let mut used_total = 0;
     let mut publishes = 0;
     let mut starved = false;
-    // One clock reading per packet: the end of one packet's handling is the time the next
-    // is handled at (and the handling-time histogram's measure).
+    // One clock reading per turn, the time every packet of it is handled at: a reading per
+    // packet was a twentieth of the broker's time at a million messages a second, and
+    // QoS 0 publications of one turn are routed together anyway. The handling-time
+    // histogram gets the turn's time shared evenly among its PUBLISH packets.
     let mut clock = now();
+    let started = clock;
     let mut authenticated = false;
     let result = loop {
         if publishes >= allowance.publishes || used_total >= allowance.bytes {
@@ -583,14 +586,7 @@ async fn handle_input(
                 outcome,
             } => {
                 used_total += used;
-                let handled_at = now();
-                if publish {
-                    publishes += 1;
-                    ctx.metrics
-                        .publish_handling
-                        .observe(handled_at.saturating_duration_since(clock));
-                }
-                clock = handled_at;
+                publishes += usize::from(publish);
                 if let Err(close) = outcome {
                     break Err(closed(conn, close, out));
                 }
@@ -634,6 +630,12 @@ async fn handle_input(
     };
     input.drain(..used_total);
     let result = result.and_then(|()| conn.flush(clock, out).map_err(|c| closed(conn, c, out)));
+    if publishes > 0 {
+        let spent = now().saturating_duration_since(started);
+        ctx.metrics
+            .publish_handling
+            .observe_shared(spent, publishes);
+    }
     (
         result,
         Handled {
