@@ -125,7 +125,7 @@ impl Broker {
         }
         let clear = Arc::new(Message {
             topic: Arc::from(topic),
-            payload: Vec::new(),
+            payload: crate::Payload::EMPTY,
             qos: tern_proto::QoS::AtMostOnce,
             retain: true,
             properties: Default::default(),

@@ -308,7 +308,7 @@ impl Broker {
     pub(crate) fn retained_pairs(&self) -> Vec<(Arc<str>, Vec<u8>)> {
         read(&self.retained)
             .iter()
-            .map(|(t, m)| (t.clone(), m.payload.clone()))
+            .map(|(t, m)| (t.clone(), m.payload.to_vec()))
             .collect()
     }
 

@@ -519,7 +519,7 @@ impl Broker {
         let p = will.as_publish();
         let message = Message {
             topic: Arc::from(will.topic.as_str()),
-            payload: will.payload.clone(),
+            payload: will.payload.as_slice().into(),
             qos: p.qos.min(self.limits.maximum_qos),
             retain: p.retain,
             expires_at: p

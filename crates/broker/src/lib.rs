@@ -31,7 +31,7 @@ pub use broker::{
 };
 pub use config::Limits;
 pub use connection::{Close, Connection, DelayedWill, End, Origin};
-pub use message::Message;
+pub use message::{Message, Payload};
 pub use migrate::{MoveError, SessionSummary};
 pub use session::{Inflight, InflightMap, Outgoing, Queue, QueueLimit, Session, SessionState};
 pub use tree::{Matches, Subscriber, SubscriptionTree};

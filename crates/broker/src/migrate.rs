@@ -618,7 +618,7 @@ impl<'a> Reader<'a> {
         }
         let message = Message {
             topic,
-            payload,
+            payload: payload.into(),
             qos: message_qos,
             retain: message_retain,
             properties,

@@ -220,7 +220,7 @@ pub(crate) fn write_whole_session(
 pub(crate) fn owned_message(store: &Store, m: OwnedMessage, now: Instant) -> Option<Message> {
     Some(Message {
         topic: Arc::from(m.topic),
-        payload: m.payload,
+        payload: m.payload.into(),
         qos: QoS::from_u8(m.qos).ok()?,
         retain: m.retain,
         properties: PropertiesBuf::from_block(m.properties, PropertyContext::Publish).ok()?,
@@ -250,7 +250,7 @@ const KEEP_ONLINE: usize = 1000;
 fn stand_in(m: &Message, id: u64) -> Message {
     Message {
         topic: m.topic.clone(),
-        payload: Vec::new(),
+        payload: crate::Payload::EMPTY,
         qos: m.qos,
         retain: m.retain,
         properties: PropertiesBuf::default(),

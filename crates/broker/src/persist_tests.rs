@@ -523,14 +523,17 @@ fn a_moved_session_takes_its_offloaded_messages_along() {
     let state = moved.lock();
     assert_eq!(state.queue.len(), 150);
     assert_eq!(state.queue.offloaded(), 0);
-    assert!(state.queue.iter().all(|o| o.message.payload == b"payload"));
+    assert!(state
+        .queue
+        .iter()
+        .all(|o| *o.message.payload == *b"payload"));
 }
 
 /// A message as a cluster node routes it, with its cluster identity.
 fn cluster_message(payload: &str, id: Option<(u64, u64)>) -> Arc<crate::Message> {
     let m = crate::Message {
         topic: Arc::from("a/b"),
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().into(),
         qos: tern_proto::QoS::AtLeastOnce,
         retain: false,
         properties: Default::default(),

@@ -671,7 +671,7 @@ mod tests {
     fn qos0(payload: &[u8]) -> Arc<Message> {
         Arc::new(Message {
             topic: Arc::from("t"),
-            payload: payload.to_vec(),
+            payload: payload.into(),
             qos: QoS::AtMostOnce,
             retain: false,
             properties: Default::default(),

@@ -152,7 +152,7 @@ pub(crate) fn publish_all(
 fn publish(broker: &Broker, name: &str, value: String) {
     broker.route(Arc::new(Message {
         topic: Arc::from(format!("$SYS/broker/{name}")),
-        payload: value.into_bytes(),
+        payload: value.into_bytes().into(),
         qos: QoS::AtMostOnce,
         retain: true,
         properties: PropertiesBuf::default(),

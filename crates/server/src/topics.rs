@@ -136,7 +136,7 @@ mod tests {
     fn message(topic: &str, payload: &[u8]) -> Message {
         Message {
             topic: Arc::from(topic),
-            payload: payload.to_vec(),
+            payload: payload.into(),
             qos: tern_proto::QoS::AtMostOnce,
             retain: false,
             properties: Default::default(),

@@ -116,7 +116,7 @@ pub(crate) fn handle_publish(
     } else {
         let message = Message {
             topic,
-            payload: p.payload.to_vec(),
+            payload: p.payload.into(),
             qos: p.qos,
             retain: p.retain,
             // Before MQTT 5 a PUBLISH has no properties: nothing to look at.

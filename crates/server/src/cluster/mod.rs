@@ -793,7 +793,7 @@ impl Link {
     fn apply_retained(&self, entry: kv::Entry) {
         let clear = |topic: String| Message {
             topic: topic.into(),
-            payload: Vec::new(),
+            payload: tern_broker::Payload::EMPTY,
             qos: QoS::AtMostOnce,
             retain: true,
             properties: PropertiesBuf::default(),
@@ -966,7 +966,7 @@ impl Envelope {
     fn into_message(self, now: std::time::Instant, age: u64) -> Message {
         Message {
             topic: self.topic.into(),
-            payload: self.payload,
+            payload: self.payload.into(),
             qos: self.qos,
             retain: self.retain,
             properties: self.properties,
@@ -1118,7 +1118,7 @@ mod tests {
         };
         let m = Message {
             topic: "a/b".into(),
-            payload: b"hello".to_vec(),
+            payload: b"hello".as_slice().into(),
             qos: QoS::ExactlyOnce,
             retain: true,
             properties: PropertiesBuf::new(&props).expect("properties"),
