@@ -1,5 +1,6 @@
 //! An application message as the broker holds it: once, shared by every queue it is in.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -32,7 +33,54 @@ pub struct Message {
     pub cluster_id: OnceLock<(u64, u64)>,
 }
 
+thread_local! {
+    /// Messages this thread let go of last, their allocations kept for the next ones
+    /// ([`Message::share`], [`Message::release`]). A subscriber's turn lets go of up to a whole
+    /// batch of messages at once and a publisher's turn makes as many; the allocator keeps
+    /// only seven blocks of a size per thread at hand, and freeing and allocating the rest
+    /// were an eighth of the broker's instructions per message.
+    static SPARE: Cell<Vec<Arc<Message>>> = const { Cell::new(Vec::new()) };
+}
+
+/// The most allocations a thread keeps for new messages.
+const SPARE_KEPT: usize = 256;
+
 impl Message {
+    /// `message` behind an `Arc`, in the allocation of a message this thread let go of
+    /// when there is one.
+    pub fn share(message: Message) -> Arc<Message> {
+        let mut spare = SPARE.take();
+        let reused = spare.pop();
+        SPARE.set(spare);
+        match reused {
+            Some(mut arc) => match Arc::get_mut(&mut arc) {
+                Some(slot) => {
+                    *slot = message;
+                    arc
+                }
+                None => Arc::new(message),
+            },
+            None => Arc::new(message),
+        }
+    }
+
+    /// Lets go of one reference to a message; if it was the last, the allocation is kept
+    /// for [`Message::share`] on this thread, emptied of all but its topic and publisher
+    /// names (nothing large is held while it waits).
+    pub fn release(mut message: Arc<Message>) {
+        let Some(m) = Arc::get_mut(&mut message) else {
+            return;
+        };
+        m.payload = Payload::EMPTY;
+        m.properties = PropertiesBuf::default();
+        m.encoded = EncodeCache::default();
+        let mut spare = SPARE.take();
+        if spare.len() < SPARE_KEPT {
+            spare.push(message);
+        }
+        SPARE.set(spare);
+    }
+
     /// Whether the message has expired at `now` and must not be delivered [MQTT-3.3.2-5].
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
@@ -209,6 +257,28 @@ mod tests {
             encoded: EncodeCache::default(),
             cluster_id: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_released_message_lends_its_allocation_to_the_next() {
+        let first = Message::share(message());
+        let held = first.clone();
+        let at = Arc::as_ptr(&first);
+        // Still held elsewhere: nothing is kept.
+        Message::release(first);
+        assert_eq!(held.payload.as_ref(), b"hello");
+        Message::release(held);
+        let next = Message::share(Message {
+            topic: Arc::from("c/d"),
+            ..message()
+        });
+        assert_eq!(Arc::as_ptr(&next), at);
+        assert_eq!(&*next.topic, "c/d");
+        assert_eq!(next.payload.as_ref(), b"hello");
+        assert!(next.encoded.0.get().is_none());
+        // Nothing more kept: a new allocation.
+        let other = Message::share(message());
+        assert_ne!(Arc::as_ptr(&other), at);
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub(crate) fn flush(
             broker.stats.sent_by_qos[qos].fetch_add(n, Ordering::Relaxed);
         }
     }
+    for (outgoing, _) in batch.drain(..) {
+        Message::release(outgoing.message);
+    }
     crate::scratch::give_back(&BATCH, batch);
     Ok(())
 }

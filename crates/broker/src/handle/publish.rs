@@ -138,10 +138,10 @@ pub(crate) fn handle_publish(
             a.aliases
                 .get_or_insert_with(Default::default)
                 .unrouted
-                .push(Arc::new(message));
+                .push(Message::share(message));
             return Ok(());
         }
-        broker.route_logged(Arc::new(message), &mut journal, a.held_by.as_mut())
+        broker.route_logged(Message::share(message), &mut journal, a.held_by.as_mut())
     };
     a.needs = a.needs.max(persist::commit(journal));
     a.forwarded = a.forwarded.max(ticket);
