@@ -255,6 +255,19 @@ impl Connection {
         (a.keep_alive > 0).then(|| Duration::from_millis(u64::from(a.keep_alive) * 1500))
     }
 
+    /// Whether the next message queued for this client is queued for other sessions too: a
+    /// fan-out, whose publisher is likely to add more before long. A transport that waits a
+    /// moment before [`Connection::flush`] then writes more messages per system call.
+    pub fn fan_out_queued(&self) -> bool {
+        self.attached.as_ref().is_some_and(|a| {
+            a.session
+                .lock()
+                .queue
+                .get(0)
+                .is_some_and(|o| Arc::strong_count(&o.message) > 2)
+        })
+    }
+
     /// The session, once connected: its `wake` fires when there is something to send.
     pub fn session(&self) -> Option<&Arc<Session>> {
         self.attached.as_ref().map(|a| &a.session)

@@ -374,6 +374,15 @@ impl Link {
                 self.restart_keep_alive();
                 return Ok(());
             }
+            Event::Wake if self.conn.fan_out_queued() => {
+                // Let the other subscribers and the publisher's next reads run first: woken
+                // by the first message of a fan-out, a subscriber wrote one or two messages
+                // per system call, and the kernel's work per call was half the broker's time
+                // (a 1-to-1000 fan-out went from 1.7 to 2.5-2.8 M deliveries/s). Only for
+                // fan-outs: waiting costs a lone subscriber 30-40 us of latency.
+                tokio::task::yield_now().await;
+                Event::Wake
+            }
             event => event,
         };
         Spare::Output.lend_to(&mut self.out);
