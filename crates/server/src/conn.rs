@@ -590,7 +590,7 @@ async fn handle_input(
     // QoS 0 publications of one turn are routed together anyway. The handling-time
     // histogram gets the turn's time shared evenly among its PUBLISH packets.
     let mut clock = now();
-    let started = clock;
+    let mut started = clock;
     let mut authenticated = false;
     let result = loop {
         if publishes >= allowance.publishes || used_total >= allowance.bytes {
@@ -636,7 +636,9 @@ async fn handle_input(
                 if let (Some(mover), true) = (&ctx.sessions, conn.is_authenticated()) {
                     Box::pin(mover.claim(client_id, clean_start)).await;
                 }
+                // The wait for authentication is not the handling of a PUBLISH.
                 clock = now();
+                started = clock;
                 authenticated = true;
             }
             Next::Incomplete => break Ok(()),

@@ -102,13 +102,12 @@ pub(crate) fn handle_publish(
         .may_publish(&a.client_id, a.username.as_deref(), &topic);
     let batchable =
         batch && allowed && p.qos == QoS::AtMostOnce && !p.retain && !topic.starts_with('$');
-    let unrouted = a.aliases.as_ref().map_or(0, |x| x.unrouted.len());
-    let same_topic = a
-        .aliases
-        .as_ref()
-        .and_then(|x| x.unrouted.first())
-        .is_some_and(|m| m.topic == topic);
-    if unrouted > 0 && (!batchable || !same_topic || unrouted >= BATCH) {
+    // The publications put aside go first, unless this one joins them.
+    let joins = batchable
+        && a.aliases.as_ref().is_none_or(|x| {
+            x.unrouted.len() < BATCH && x.unrouted.first().is_none_or(|m| m.topic == topic)
+        });
+    if !joins {
         route_unrouted(broker, a);
     }
     let (reached, ticket) = if !allowed || topic.starts_with('$') {
