@@ -11,6 +11,7 @@
 //! MQTT keeps order, so a subscriber tells a duplicate (a sequence it has passed) from a loss
 //! (a sequence it skipped) without remembering every message.
 
+mod frame;
 mod load;
 
 pub use load::{run, tls, Report, Scenario, Settings, Tls};

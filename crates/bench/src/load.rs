@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::frame::{self, Seen};
+
 /// QoS 1/2 messages a publisher leaves unacknowledged at most.
 const INFLIGHT: u64 = 20;
 
@@ -373,56 +375,60 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         }
         sub_conns.push(c);
     }
-    let stop_receiving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut receivers = Vec::new();
     for mut c in sub_conns {
         let flows = flows.clone();
-        let (lost, duplicated, stop) = (lost.clone(), duplicated.clone(), stop_receiving.clone());
+        let (lost, duplicated) = (lost.clone(), duplicated.clone());
         let samples = samples.clone();
         let timed = s.scenario == Scenario::Latency;
         receivers.push(tokio::spawn(async move {
             // Next expected sequence per publisher this subscriber hears.
             let mut next = vec![0u64; flows.len()];
+            // Publishers this read delivered for.
+            let mut heard = vec![false; flows.len()];
+            let mut heard_from = Vec::new();
             let mut acks = Vec::new();
             loop {
-                // Quiet for half a second after the publishers stopped: everything is in.
-                let got = match tokio::time::timeout(
-                    Duration::from_millis(500),
-                    c.stream.read_buf(&mut c.buf),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) if stop.load(Ordering::Relaxed) => break,
-                    Err(_) => continue,
-                };
-                if !matches!(got, Ok(n) if n > 0) {
+                // No timer per read (a million reads a second in the fan-out): the run ends
+                // these tasks once deliveries go quiet.
+                if !matches!(c.stream.read_buf(&mut c.buf).await, Ok(n) if n > 0) {
                     break;
                 }
                 let mut used = 0;
-                while let Ok(Some((packet, n))) = decode(&c.buf[used..], c.version, u32::MAX) {
+                loop {
+                    let (seen, n) = match frame::next(&c.buf[used..], c.version) {
+                        Ok(Some(packet)) => packet,
+                        Ok(None) => break,
+                        // The broker's bytes do not frame: nothing more on this connection
+                        // can be counted.
+                        Err(_) => return,
+                    };
                     used += n;
-                    let p = match packet {
-                        Packet::Publish(p) => p,
+                    let payload = match seen {
+                        Seen::Publish {
+                            qos,
+                            packet_id,
+                            payload,
+                        } => {
+                            if let Some(id) = packet_id.and_then(PacketId::new) {
+                                let ack = match qos {
+                                    2 => Packet::PubRec(Ack::new(id)),
+                                    _ => Packet::PubAck(Ack::new(id)),
+                                };
+                                encode(&ack, c.version, &mut acks);
+                            }
+                            payload
+                        }
                         // QoS 2: the broker releases, the subscriber completes.
-                        Packet::PubRel(a) => {
-                            encode(
-                                &Packet::PubComp(Ack::new(a.packet_id)),
-                                c.version,
-                                &mut acks,
-                            );
+                        Seen::PubRel(id) => {
+                            if let Some(id) = PacketId::new(id) {
+                                encode(&Packet::PubComp(Ack::new(id)), c.version, &mut acks);
+                            }
                             continue;
                         }
-                        _ => continue,
+                        Seen::Other => continue,
                     };
-                    if let Some(id) = p.packet_id {
-                        let ack = match p.qos {
-                            QoS::ExactlyOnce => Packet::PubRec(Ack::new(id)),
-                            _ => Packet::PubAck(Ack::new(id)),
-                        };
-                        encode(&ack, c.version, &mut acks);
-                    }
-                    let (Some(pid), Some(seq)) = (p.payload.get(..8), p.payload.get(8..16)) else {
+                    let (Some(pid), Some(seq)) = (payload.get(..8), payload.get(8..16)) else {
                         continue;
                     };
                     let publisher = u64::from_be_bytes(pid.try_into().unwrap_or_default()) as usize;
@@ -439,15 +445,24 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
                     let skipped = seq - *expected;
                     lost.fetch_add(skipped, Ordering::Relaxed);
                     *expected = seq + 1;
-                    let flow = &flows[publisher];
-                    flow.delivered.fetch_add(1 + skipped, Ordering::Relaxed);
-                    flow.progress.notify_one();
-                    if let Some(sent) = p.payload.get(16..24).filter(|_| timed) {
+                    flows[publisher]
+                        .delivered
+                        .fetch_add(1 + skipped, Ordering::Relaxed);
+                    if !heard[publisher] {
+                        heard[publisher] = true;
+                        heard_from.push(publisher);
+                    }
+                    if let Some(sent) = payload.get(16..24).filter(|_| timed) {
                         let sent = u64::from_be_bytes(sent.try_into().unwrap_or_default());
                         let now = base.elapsed().as_nanos() as u64;
                         let ms = now.saturating_sub(sent) as f64 / 1e6;
                         samples.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
                     }
+                }
+                // A publisher waiting for room hears once per read, not once per message.
+                for publisher in heard_from.drain(..) {
+                    heard[publisher] = false;
+                    flows[publisher].progress.notify_one();
                 }
                 c.buf.drain(..used);
                 if !acks.is_empty() {
@@ -615,8 +630,30 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         eprintln!();
     }
     let seconds = start.elapsed().as_secs_f64();
-    // Let the last deliveries arrive; receivers stop once they go quiet.
-    stop_receiving.store(true, Ordering::Relaxed);
+    // Let the last deliveries arrive: quiet for half a second (or every subscriber's
+    // connection closed) means everything is in.
+    let heard = || -> u64 {
+        flows
+            .iter()
+            .map(|f| f.delivered.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + duplicated.load(Ordering::Relaxed)
+    };
+    let mut last = heard();
+    let mut quiet = Duration::ZERO;
+    while quiet < Duration::from_millis(500) && !receivers.iter().all(|r| r.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = heard();
+        quiet = if now == last {
+            quiet + Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        last = now;
+    }
+    for r in &receivers {
+        r.abort();
+    }
     for r in receivers {
         let _ = r.await;
     }
