@@ -138,6 +138,20 @@ async fn client_maximum_packet_size_is_respected() {
     s.send(&Packet::Connect(conn)).await;
     s.expect_connack(false, 0).await;
     s.subscribe("size", QoS::AtMostOnce, 1).await;
+    // A second subscriber's session, kept while it is away, holds each message too: a copy
+    // shared like this is sent from the message's one encoding, and the size is checked on
+    // that path as well.
+    let mut away = broker.raw(V5).await;
+    let mut conn = connect(V5, "away", false);
+    conn.properties.session_expiry_interval = Some(600);
+    away.send(&Packet::Connect(conn)).await;
+    away.expect_connack(false, 0).await;
+    away.subscribe("size", QoS::AtMostOnce, 1).await;
+    away.send(&Packet::Disconnect(tern_proto::Disconnect::new(
+        ReasonCode::NORMAL_DISCONNECTION,
+    )))
+    .await;
+    away.expect_closed().await;
     let mut p = broker.connect(V5, "p").await;
     p.publish("size", &[7; 100], QoS::AtMostOnce, 0).await;
     p.publish("size", b"fits", QoS::AtMostOnce, 0).await;

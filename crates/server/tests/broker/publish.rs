@@ -342,6 +342,50 @@ async fn qos0_publications_read_together_keep_their_order_and_their_moment() {
 }
 
 #[tokio::test]
+async fn a_fan_out_keeps_each_subscribers_order_across_qos() {
+    // [MQTT-4.6.0-6] order per publisher, here with every message going to three
+    // subscribers: a QoS 0 copy shared by all is written from the message's one encoding
+    // while a QoS 1 copy takes its packet identifier in between, and the copies after it
+    // wait their turn.
+    let broker = TestBroker::start().await;
+    let mut subs = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let mut s = broker.connect(V3_1_1, name).await;
+        s.subscribe("#", QoS::AtLeastOnce, 1).await;
+        subs.push(s);
+    }
+    let mut p = broker.connect(V3_1_1, "p").await;
+    let payloads: Vec<String> = (0..120).map(|i| format!("m{i}")).collect();
+    let qos_of = |i: usize| {
+        if i % 40 == 20 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        }
+    };
+    let packets: Vec<Packet<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, body)| Packet::Publish(publish("fan", body.as_bytes(), qos_of(i), i as u16 + 1)))
+        .collect();
+    p.send_bytes(&one_read(V3_1_1, &packets)).await;
+    for s in &mut subs {
+        for (i, body) in payloads.iter().enumerate() {
+            let got = s.expect_publish().await;
+            assert_eq!(
+                (got.payload.as_slice(), got.qos),
+                (body.as_bytes(), qos_of(i))
+            );
+            if got.qos == QoS::AtLeastOnce {
+                s.ack(Packet::PubAck(Ack::new(pid(got.packet_id.unwrap()))))
+                    .await;
+            }
+        }
+        s.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn qos0_publications_read_together_take_turns_in_a_shared_group() {
     // Section 4.8.2: each message of a shared subscription goes to one member; read together,
     // they are spread over the members in turn as if they had come one by one.
