@@ -197,6 +197,13 @@ impl Message {
             .as_ref()
     }
 
+    /// The shared encoding for (`v5`, `qos`, `retain`) if another delivery made it already.
+    pub fn encoded_already(&self, v5: bool, qos: QoS, retain: bool) -> Option<&Encoded> {
+        let slots = self.encoded.0.get()?;
+        let slot = usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain);
+        slots[slot].get()?.as_ref()
+    }
+
     /// The PUBLISH of this message as stored: its properties' block is sent as it is.
     pub fn stored_publish(
         &self,

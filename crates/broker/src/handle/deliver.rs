@@ -66,17 +66,20 @@ pub(crate) fn flush(
             }
             if next.qos == QoS::AtMostOnce {
                 // A fan-out's QoS 0 copy with nothing particular to this subscriber is its
-                // message's shared encoding: copied into the output here, under the lock,
-                // instead of going through the batch (a sixth of the broker's instructions
-                // per delivery in a 1-to-1000 fan-out). Only while the batch is empty, which
-                // keeps the queue's order.
+                // message's shared encoding: once the first subscriber made it (outside the
+                // lock), copied into the output here, under the lock, instead of going
+                // through the batch (a sixth of the broker's instructions per delivery in a
+                // 1-to-1000 fan-out). Only while the batch is empty, which keeps the queue's
+                // order.
                 let shared = batch.is_empty()
                     && without_aliases
                     && next.subscription_ids.is_empty()
-                    && next.message.expires_at.is_none()
-                    && Arc::strong_count(&next.message) > 1;
+                    && next.message.expires_at.is_none();
                 if let Some(encoded) = shared
-                    .then(|| next.message.encoded(v5, QoS::AtMostOnce, next.retain))
+                    .then(|| {
+                        next.message
+                            .encoded_already(v5, QoS::AtMostOnce, next.retain)
+                    })
                     .flatten()
                     .filter(|e| e.bytes.len() as u64 <= max_packet)
                 {
