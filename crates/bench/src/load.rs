@@ -130,7 +130,7 @@ pub struct Report {
     pub lost: u64,
     /// Deliveries of a message already received.
     pub duplicated: u64,
-    /// Seconds of publishing.
+    /// Seconds from the first publication to the last delivery seen (throughput scenarios).
     pub seconds: f64,
     /// Deliveries per second.
     pub delivered_per_second: f64,
@@ -629,9 +629,10 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
         p.abort();
         eprintln!();
     }
-    let seconds = start.elapsed().as_secs_f64();
     // Let the last deliveries arrive: quiet for half a second (or every subscriber's
-    // connection closed) means everything is in.
+    // connection closed) means everything is in. The run lasts until the last delivery was
+    // seen: a broker that piled messages up while the publishers ran is timed until it has
+    // delivered them, not credited with what it sends after.
     let heard = || -> u64 {
         flows
             .iter()
@@ -639,18 +640,18 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
             .sum::<u64>()
             + duplicated.load(Ordering::Relaxed)
     };
-    let mut last = heard();
-    let mut quiet = Duration::ZERO;
-    while quiet < Duration::from_millis(500) && !receivers.iter().all(|r| r.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let poll = Duration::from_millis(10);
+    let (mut last, mut last_seen) = (heard(), Instant::now());
+    while last_seen.elapsed() < Duration::from_millis(500)
+        && !receivers.iter().all(|r| r.is_finished())
+    {
+        tokio::time::sleep(poll).await;
         let now = heard();
-        quiet = if now == last {
-            quiet + Duration::from_millis(50)
-        } else {
-            Duration::ZERO
-        };
-        last = now;
+        if now != last {
+            (last, last_seen) = (now, Instant::now());
+        }
     }
+    let seconds = last_seen.duration_since(start).as_secs_f64();
     for r in &receivers {
         r.abort();
     }
