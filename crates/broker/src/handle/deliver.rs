@@ -28,6 +28,12 @@ thread_local! {
     static BATCH: Cell<Batch> = const { Cell::new(Vec::new()) };
 }
 
+/// Payload and topic bytes one flush takes from the queue at most. A subscriber that falls
+/// behind keeps the rest queued, where its queue's limit applies (QoS 0 copies beyond it are
+/// dropped and counted), instead of all of it copied into its output at once: in a
+/// 1-to-1,000 fan-out offered more than it could deliver, the outputs held 1.6 GiB.
+const FLUSH_BYTES: usize = 64 * 1024;
+
 pub(crate) fn flush(
     broker: &Broker,
     conn_id: u64,
@@ -56,7 +62,12 @@ pub(crate) fn flush(
         if let Some(reason) = state.close_owner.take() {
             return Err(Close::new(reason).because("closed by an administrator"));
         }
-        while let Some(next) = state.queue.pop_front() {
+        let mut taken_bytes = 0;
+        while taken_bytes < FLUSH_BYTES {
+            let Some(next) = state.queue.pop_front() else {
+                break;
+            };
+            taken_bytes += next.size();
             if next.message.is_expired(now) {
                 expired += 1;
                 if next.seq != 0 {
@@ -119,6 +130,10 @@ pub(crate) fn flush(
             written_at_once + batch.len() as u64 + expired,
             broker,
         );
+        if taken_bytes >= FLUSH_BYTES && !state.queue.is_empty() {
+            // The rest goes in the next turn, once this output is written.
+            a.session.wake.notify_one();
+        }
     }
     if released {
         broker.drained.notify_waiters();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tern_proto::{Ack, Packet, Properties, ProtocolVersion::*, QoS};
 
-use crate::client::{connect, pid, TestBroker};
+use crate::client::{connect, pid, publish, TestBroker};
 
 #[tokio::test]
 async fn offline_messages_wait_for_a_persistent_session() {
@@ -40,6 +40,51 @@ async fn offline_messages_wait_for_a_persistent_session() {
                 .await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_one_write_arrives_whole_and_in_order() {
+    // [MQTT-4.6.0-6] order, and nothing lost, when a resumed session's queue holds more than
+    // one turn sends (a turn takes 64 KiB from the queue; the rest follows by itself, with
+    // nothing new published).
+    let broker = TestBroker::start().await;
+    let mut c = broker.raw(V3_1_1).await;
+    c.send(&Packet::Connect(connect(V3_1_1, "behind", false)))
+        .await;
+    c.expect_connack(false, 0).await;
+    c.subscribe("backlog", QoS::AtMostOnce, 1).await;
+    c.send(&Packet::Disconnect(tern_proto::Disconnect::new(
+        tern_proto::ReasonCode::NORMAL_DISCONNECTION,
+    )))
+    .await;
+    c.expect_closed().await;
+
+    let mut p = broker.connect(V3_1_1, "p").await;
+    let body = |i: u16| {
+        let mut b = vec![b'.'; 1000];
+        b[..2].copy_from_slice(&i.to_be_bytes());
+        b
+    };
+    for i in 0..299u16 {
+        p.send(&Packet::Publish(publish(
+            "backlog",
+            &body(i),
+            QoS::AtMostOnce,
+            0,
+        )))
+        .await;
+    }
+    // The last at QoS 1: its PUBACK says every one before it was routed.
+    p.publish("backlog", &body(299), QoS::AtLeastOnce, 1).await;
+
+    let mut c = broker.raw(V3_1_1).await;
+    c.send(&Packet::Connect(connect(V3_1_1, "behind", false)))
+        .await;
+    c.expect_connack(true, 0).await;
+    for i in 0..300u16 {
+        assert_eq!(c.expect_publish().await.payload, body(i), "message {i}");
+    }
+    c.expect_silence(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
