@@ -542,7 +542,9 @@ impl Broker {
                 Some((_, out)) => {
                     out.qos = out.qos.max(qos);
                     out.retain |= retain;
-                    out.subscription_ids.extend(sub.id);
+                    if let Some(id) = sub.id {
+                        out.add_subscription_id(id);
+                    }
                 }
                 None => {
                     if !index.is_empty() {
@@ -550,16 +552,8 @@ impl Broker {
                     }
                     per_session.push((
                         sub.session,
-                        Outgoing {
-                            message: message.clone(),
-                            qos,
-                            retain,
-                            subscription_ids: sub.id.into_iter().collect(),
-                            via_share: sub.share,
-                            seq: 0,
-                            offloaded: false,
-                            ordinal: 0,
-                        },
+                        Outgoing::new(message.clone(), qos, retain)
+                            .with_extra(sub.id.into_iter().collect(), sub.share),
                     ));
                 }
             }
@@ -574,13 +568,13 @@ impl Broker {
         let candidates: Vec<(Option<u16>, Outgoing)> = {
             let state = session.lock();
             let inflight = state.inflight.iter().filter_map(|(id, entry)| match entry {
-                Inflight::Publish(o) if o.via_share.is_some() => Some((Some(*id), o.clone())),
+                Inflight::Publish(o) if o.via_share().is_some() => Some((Some(*id), o.clone())),
                 _ => None,
             });
             let queued = state
                 .queue
                 .iter()
-                .filter(|o| o.via_share.is_some() && o.qos != QoS::AtMostOnce)
+                .filter(|o| o.via_share().is_some() && o.qos != QoS::AtMostOnce)
                 .map(|o| (None, o.clone()));
             inflight.chain(queued).collect()
         };
@@ -589,7 +583,7 @@ impl Broker {
         }
         let mut journal = self.journal();
         for (id, mut out) in candidates {
-            let Some(filter) = out.via_share.clone() else {
+            let Some(filter) = out.via_share().cloned() else {
                 continue;
             };
             let Some(other) = self.tree().shared_member(&filter, &session.client_id) else {
@@ -614,7 +608,7 @@ impl Broker {
             if removed {
                 let old_seq = out.seq;
                 out.qos = out.qos.min(other.options.qos);
-                out.subscription_ids = other.id.into_iter().collect();
+                out.set_subscription_ids(other.id.into_iter().collect());
                 // The new entry is written before the old one is finished, so the message
                 // is needed by one of them throughout.
                 let limit = self.limits.queue_limit();

@@ -463,11 +463,11 @@ fn put_outgoing(w: &mut Vec<u8>, out: &Outgoing, now: Instant) {
     let m = &out.message;
     w.push(out.qos as u8);
     w.push(u8::from(out.retain));
-    put_u32(w, out.subscription_ids.len() as u32);
-    for id in &out.subscription_ids {
+    put_u32(w, out.subscription_ids().len() as u32);
+    for id in out.subscription_ids() {
         put_u32(w, *id);
     }
-    put_opt_str(w, out.via_share.as_deref());
+    put_opt_str(w, out.via_share().map(|s| &**s));
     put_str(w, &m.topic);
     put_bytes(w, &m.payload);
     w.push(m.qos as u8);
@@ -628,16 +628,7 @@ impl<'a> Reader<'a> {
             encoded: Default::default(),
             cluster_id,
         };
-        Some(Outgoing {
-            message: Arc::new(message),
-            qos,
-            retain,
-            subscription_ids,
-            via_share,
-            seq: 0,
-            offloaded: false,
-            ordinal: 0,
-        })
+        Some(Outgoing::new(Arc::new(message), qos, retain).with_extra(subscription_ids, via_share))
     }
 }
 

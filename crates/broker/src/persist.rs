@@ -71,8 +71,8 @@ impl<'s> Journal<'s> {
             message: id,
             qos: out.qos as u8,
             retain: out.retain,
-            subscription_ids: Cow::Borrowed(&out.subscription_ids),
-            share: out.via_share.as_deref(),
+            subscription_ids: Cow::Borrowed(out.subscription_ids()),
+            share: out.via_share().map(|s| &**s),
         }));
     }
 
@@ -395,16 +395,9 @@ impl Broker {
                         warn!(client_id = %client, seq = e.seq, "a queued message is missing from the store; skipped");
                         continue;
                     };
-                    let out = Outgoing {
-                        message: message.clone(),
-                        qos,
-                        retain: e.retain,
-                        subscription_ids: e.subscription_ids,
-                        via_share: e.share.as_deref().map(Arc::from),
-                        seq: e.seq,
-                        offloaded: false,
-                        ordinal: 0,
-                    };
+                    let mut out = Outgoing::new(message.clone(), qos, e.retain)
+                        .with_extra(e.subscription_ids, e.share.as_deref().map(Arc::from));
+                    out.seq = e.seq;
                     match e.state {
                         EntryState::Sent(packet_id) => {
                             state.inflight.insert(packet_id, Inflight::Publish(out));

@@ -27,11 +27,9 @@ pub struct Outgoing {
     pub qos: QoS,
     /// The RETAIN flag this copy carries.
     pub retain: bool,
-    /// The Subscription Identifiers of every subscription it matched (MQTT 5).
-    pub subscription_ids: Vec<u32>,
-    /// The shared subscription (`$share/...`) it came through, if any: if this session
-    /// leaves before acknowledging it, another member gets it.
-    pub via_share: Option<Arc<str>>,
+    /// What few copies carry (see [`Extra`]), boxed: a fan-out queues one entry per
+    /// subscriber and message, and without them inline an entry is 40 bytes instead of 72.
+    extra: Option<Box<Extra>>,
     /// Its entry number in the store (0: not stored: QoS 0, or a session that is not
     /// persistent).
     pub seq: u64,
@@ -44,7 +42,72 @@ pub struct Outgoing {
     pub ordinal: u64,
 }
 
+/// What a copy carries for some subscribers only.
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    /// The Subscription Identifiers of every subscription it matched (MQTT 5).
+    subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/...`) it came through, if any: if this session
+    /// leaves before acknowledging it, another member gets it.
+    via_share: Option<Arc<str>>,
+}
+
 impl Outgoing {
+    /// A copy of `message` at `qos` with `retain`, not stored, carrying nothing more.
+    pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Self {
+        Outgoing {
+            message,
+            qos,
+            retain,
+            extra: None,
+            seq: 0,
+            offloaded: false,
+            ordinal: 0,
+        }
+    }
+
+    /// This copy with the Subscription Identifiers of the subscriptions it matched and the
+    /// shared subscription it came through.
+    pub fn with_extra(mut self, subscription_ids: Vec<u32>, via_share: Option<Arc<str>>) -> Self {
+        self.extra = (!subscription_ids.is_empty() || via_share.is_some()).then(|| {
+            Box::new(Extra {
+                subscription_ids,
+                via_share,
+            })
+        });
+        self
+    }
+
+    /// The Subscription Identifiers of every subscription it matched (MQTT 5).
+    pub fn subscription_ids(&self) -> &[u32] {
+        self.extra
+            .as_ref()
+            .map_or(&[], |e| e.subscription_ids.as_slice())
+    }
+
+    /// Adds the identifier of one more subscription it matched.
+    pub fn add_subscription_id(&mut self, id: u32) {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .subscription_ids
+            .push(id);
+    }
+
+    /// Replaces its Subscription Identifiers (handed to another member of a shared group).
+    pub fn set_subscription_ids(&mut self, ids: Vec<u32>) {
+        if ids.is_empty() && self.extra.is_none() {
+            return;
+        }
+        self.extra
+            .get_or_insert_with(Default::default)
+            .subscription_ids = ids;
+    }
+
+    /// The shared subscription (`$share/...`) it came through, if any.
+    pub fn via_share(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.via_share.as_ref()
+    }
+
     /// What this message costs a queue's memory: its payload and topic.
     pub fn size(&self) -> usize {
         self.message.payload.len() + self.message.topic.len()
@@ -545,8 +608,7 @@ impl Session {
         for message in messages {
             let mut out = Outgoing {
                 message: message.clone(),
-                subscription_ids: template.subscription_ids.clone(),
-                via_share: template.via_share.clone(),
+                extra: template.extra.clone(),
                 ..template
             };
             let (len, bytes) = (state.queue.len(), state.queue.bytes() + out.size());
@@ -684,16 +746,23 @@ mod tests {
     }
 
     fn copy_of(message: &Arc<Message>) -> Outgoing {
-        Outgoing {
-            message: message.clone(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            subscription_ids: vec![4],
-            via_share: None,
-            seq: 0,
-            offloaded: false,
-            ordinal: 0,
-        }
+        Outgoing::new(message.clone(), QoS::AtMostOnce, false).with_extra(vec![4], None)
+    }
+
+    #[test]
+    fn a_queued_copy_stays_small_unless_it_carries_more() {
+        // One entry per subscriber and message in a fan-out: its size is the queue's memory.
+        assert!(std::mem::size_of::<Outgoing>() <= 40);
+        let mut out = Outgoing::new(qos0(b"x"), QoS::AtMostOnce, false);
+        assert_eq!((out.subscription_ids(), out.via_share()), (&[][..], None));
+        out.set_subscription_ids(Vec::new());
+        assert!(out.extra.is_none(), "nothing to carry, nothing boxed");
+        out.add_subscription_id(4);
+        out.add_subscription_id(9);
+        assert_eq!(out.subscription_ids(), [4, 9]);
+        let shared = out.clone().with_extra(vec![1], Some(Arc::from("g")));
+        assert_eq!(shared.via_share().map(|s| &**s), Some("g"));
+        assert_eq!(out.subscription_ids(), [4, 9]);
     }
 
     #[test]
@@ -717,7 +786,13 @@ mod tests {
         let queued: Vec<_> = state
             .queue
             .iter()
-            .map(|o| (o.message.payload[0], o.ordinal, o.subscription_ids.clone()))
+            .map(|o| {
+                (
+                    o.message.payload[0],
+                    o.ordinal,
+                    o.subscription_ids().to_vec(),
+                )
+            })
             .collect();
         assert_eq!(queued, [(0, 1, vec![4]), (1, 2, vec![4]), (2, 3, vec![4])]);
         drop(state);

@@ -84,7 +84,7 @@ pub(crate) fn flush(
                 // order.
                 let shared = batch.is_empty()
                     && without_aliases
-                    && next.subscription_ids.is_empty()
+                    && next.subscription_ids().is_empty()
                     && next.message.expires_at.is_none();
                 if let Some(encoded) = shared
                     .then(|| {
@@ -331,7 +331,7 @@ fn write_publish_raw(
     // Most deliveries carry nothing particular to the subscriber: the message's stored
     // PUBLISH with this packet identifier.
     let plain = !dup
-        && o.subscription_ids.is_empty()
+        && o.subscription_ids().is_empty()
         && expiry.is_none()
         && (!a.version.is_v5() || a.client_alias_maximum == 0);
     if plain {
@@ -379,7 +379,7 @@ fn write_publish_raw(
     };
     let properties = Properties {
         message_expiry_interval: expiry,
-        subscription_identifiers: SubscriptionIds::List(&o.subscription_ids),
+        subscription_identifiers: SubscriptionIds::List(o.subscription_ids()),
         topic_alias: alias,
         ..m.properties.get(PropertyContext::Publish)
     };

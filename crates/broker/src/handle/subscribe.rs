@@ -144,16 +144,8 @@ fn subscribe_one(
         for message in readable {
             let qos = message.qos.min(options.qos);
             // Retained messages sent on subscribe keep RETAIN set [MQTT-3.3.1-9].
-            retained.push(Outgoing {
-                message,
-                qos,
-                retain: true,
-                subscription_ids: id.into_iter().collect(),
-                via_share: None,
-                seq: 0,
-                offloaded: false,
-                ordinal: 0,
-            });
+            retained
+                .push(Outgoing::new(message, qos, true).with_extra(id.into_iter().collect(), None));
         }
     }
     match options.qos as u8 {
