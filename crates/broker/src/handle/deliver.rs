@@ -31,7 +31,7 @@ thread_local! {
 /// Payload and topic bytes one flush takes from the queue at most. A subscriber that falls
 /// behind keeps the rest queued, where its queue's limit applies (QoS 0 copies beyond it are
 /// dropped and counted), instead of all of it copied into its output at once: in a
-/// 1-to-1,000 fan-out offered more than it could deliver, the outputs held 1.6 GiB.
+/// 1-to-1,000 fan-out offered more than it could deliver, the outputs held 1.6-1.7 GiB.
 const FLUSH_BYTES: usize = 64 * 1024;
 
 pub(crate) fn flush(
@@ -79,8 +79,8 @@ pub(crate) fn flush(
                 // A fan-out's QoS 0 copy with nothing particular to this subscriber is its
                 // message's shared encoding: once the first subscriber made it (outside the
                 // lock), copied into the output here, under the lock, instead of going
-                // through the batch (a sixth of the broker's instructions per delivery in a
-                // 1-to-1000 fan-out). Only while the batch is empty, which keeps the queue's
+                // through the batch (a fifth of the broker's instructions per delivery in a
+                // 1-to-1,000 fan-out). Only while the batch is empty, which keeps the queue's
                 // order.
                 let shared = batch.is_empty()
                     && without_aliases
