@@ -41,7 +41,11 @@ impl<'a> Publish<'a> {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::DupOnQoS0);
         }
-        let raw_topic = r.string()?;
+        // The topic's bytes are scanned once for U+0000 and the wildcards together
+        // (`TopicName::new`) rather than once for each; a U+0000 found there still makes the
+        // packet malformed [MQTT-1.5.4-2] rather than only its topic invalid.
+        let raw = r.binary()?;
+        let raw_topic = core::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?;
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(PacketId::decode(r)?),
@@ -58,7 +62,10 @@ impl<'a> Publish<'a> {
             }
             TopicName::EMPTY
         } else {
-            TopicName::new(raw_topic)?
+            TopicName::new(raw_topic).map_err(|e| match raw.contains(&0) {
+                true => DecodeError::NulInString,
+                false => e,
+            })?
         };
         let payload = r.rest();
         // [MQTT-3.3.2-4] a payload said to be UTF-8 must be; checked here so the broker need

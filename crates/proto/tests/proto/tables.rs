@@ -381,6 +381,8 @@ fn publish_rejections() {
         DecodeError::InvalidUtf8,
     );
     reject(V3_1_1, &[0x30, 4, 0, 2, b'a', 0], DecodeError::NulInString);
+    // With a wildcard too, the packet is still malformed, not only its topic invalid.
+    reject(V3_1_1, &[0x30, 4, 0, 2, b'+', 0], DecodeError::NulInString);
     // [MQTT-2.2.1-3] packet identifier 0 on QoS 1.
     reject(
         V3_1_1,
