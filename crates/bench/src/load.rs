@@ -633,7 +633,7 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
     // connection closed) means everything is in. The run lasts until the last delivery was
     // seen: a broker that piled messages up while the publishers ran is timed until it has
     // delivered them, not credited with what it sends after.
-    let heard = || -> u64 {
+    let seen_so_far = || -> u64 {
         flows
             .iter()
             .map(|f| f.delivered.load(Ordering::Relaxed))
@@ -641,12 +641,12 @@ async fn throughput(s: &Settings) -> std::io::Result<Report> {
             + duplicated.load(Ordering::Relaxed)
     };
     let poll = Duration::from_millis(10);
-    let (mut last, mut last_seen) = (heard(), Instant::now());
+    let (mut last, mut last_seen) = (seen_so_far(), Instant::now());
     while last_seen.elapsed() < Duration::from_millis(500)
         && !receivers.iter().all(|r| r.is_finished())
     {
         tokio::time::sleep(poll).await;
-        let now = heard();
+        let now = seen_so_far();
         if now != last {
             (last, last_seen) = (now, Instant::now());
         }

@@ -52,16 +52,13 @@ impl Message {
         let mut spare = SPARE.take();
         let reused = spare.pop();
         SPARE.set(spare);
-        match reused {
-            Some(mut arc) => match Arc::get_mut(&mut arc) {
-                Some(slot) => {
-                    *slot = message;
-                    arc
-                }
-                None => Arc::new(message),
-            },
-            None => Arc::new(message),
+        if let Some(mut arc) = reused {
+            if let Some(slot) = Arc::get_mut(&mut arc) {
+                *slot = message;
+                return arc;
+            }
         }
+        Arc::new(message)
     }
 
     /// Lets go of one reference to a message; if it was the last, the allocation is kept
@@ -186,13 +183,19 @@ pub struct Encoded {
 #[derive(Debug, Default)]
 pub struct EncodeCache(OnceLock<Box<[OnceLock<Option<Encoded>>; 12]>>);
 
+impl EncodeCache {
+    /// The slot of (`v5`, `qos`, `retain`).
+    fn slot(v5: bool, qos: QoS, retain: bool) -> usize {
+        usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain)
+    }
+}
+
 impl Message {
     /// The shared encoding of this message for (`v5`, `qos`, `retain`), made on first use.
     /// `None` if it cannot be encoded (never for a message the broker accepted).
     pub fn encoded(&self, v5: bool, qos: QoS, retain: bool) -> Option<&Encoded> {
         let slots = self.encoded.0.get_or_init(Default::default);
-        let slot = usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain);
-        slots[slot]
+        slots[EncodeCache::slot(v5, qos, retain)]
             .get_or_init(|| self.encode(v5, qos, retain))
             .as_ref()
     }
@@ -200,8 +203,7 @@ impl Message {
     /// The shared encoding for (`v5`, `qos`, `retain`) if another delivery made it already.
     pub fn encoded_already(&self, v5: bool, qos: QoS, retain: bool) -> Option<&Encoded> {
         let slots = self.encoded.0.get()?;
-        let slot = usize::from(v5) * 6 + (qos as usize) * 2 + usize::from(retain);
-        slots[slot].get()?.as_ref()
+        slots[EncodeCache::slot(v5, qos, retain)].get()?.as_ref()
     }
 
     /// The PUBLISH of this message as stored: its properties' block is sent as it is.
